@@ -1,0 +1,211 @@
+"""`python -m bot ...`: the bot, the sidecar, the console, `check`, and the ledger CLI.
+
+Exit codes: 0 done, 1 `ledger verify` found violations, 2 a usage or configuration
+problem (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config, ConfigError, load
+from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument or environment: printed as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", help="configuration file (default: $BOT_CONFIG or ./config.toml)"
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="the Discord bot and the webhook sidecar (default)")
+    commands.add_parser("webhooks", help="the webhook sidecar alone")
+    console = commands.add_parser("console", help="slash commands from standard input")
+    console.add_argument("--user", type=int, required=True, help="the acting Discord user id")
+    console.add_argument("--guild", type=int, help="act inside this server (default: a DM)")
+    console.add_argument("--out", default="out", help="folder for files the bot sends")
+    commands.add_parser(
+        "check", help="validate the configuration and database; print the invite URL"
+    )
+
+    ledger = commands.add_parser("ledger", help="inspect and adjust the token ledger")
+    actions = ledger.add_subparsers(dest="action", required=True)
+    balance = actions.add_parser("balance", help="an account's balance")
+    balance.add_argument("account")
+    balance.add_argument("--json", action="store_true")
+    for name, text in (("grant", "add bonus tokens"), ("revoke", "take bonus tokens back")):
+        adjust = actions.add_parser(name, help=text)
+        adjust.add_argument("account")
+        adjust.add_argument("amount")
+        adjust.add_argument("--reason", required=True)
+    plan = actions.add_parser("plan", help="set an account's plan")
+    plan.add_argument("account")
+    plan.add_argument("plan", choices=["free", "pro"])
+    plan.add_argument("--reason", default="set by an operator")
+    history = actions.add_parser("history", help="an account's audit log, newest first")
+    history.add_argument("account")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, default=50)
+    actions.add_parser("export", help="the whole audit log as CSV on standard output")
+    actions.add_parser("sweep", help="release holds of stopped processes")
+    actions.add_parser("verify", help="check every ledger invariant; exit 1 on a violation")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    command = args.command or "run"
+    try:
+        config = load(args.config)
+        handler = COMMANDS[command]
+        return handler(config, args)
+    except (ConfigError, UsageError) as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _not_built(name: str) -> Callable[[Config, argparse.Namespace], int]:
+    def handler(config: Config, args: argparse.Namespace) -> int:
+        print(f"`python -m bot {name}` is not built yet", file=sys.stderr)
+        return EXIT_USAGE
+
+    return handler
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    if config.secrets.discord_token is None:
+        raise UsageError(
+            "DISCORD_TOKEN is not set: create an application at "
+            "https://discord.com/developers/applications, add a bot, copy its token, and put "
+            "DISCORD_TOKEN=... in .env (see README.md); `python -m bot console` runs without it"
+        )
+    from bot.app import run_bot
+
+    return run_bot(config)
+
+
+# ---- ledger ---------------------------------------------------------------------------
+
+_AMOUNT = re.compile(r"[0-9]+")
+
+
+def _account(text: str) -> str:
+    try:
+        return check_account_id(text)
+    except InvalidAccount as error:
+        raise UsageError(str(error)) from None
+
+
+def _amount(text: str, config: Config) -> int:
+    if not _AMOUNT.fullmatch(text) or int(text) == 0:
+        raise UsageError(f"amount {text!r} is not a positive whole number of tokens")
+    amount = int(text)
+    if amount > config.limits.max_grant:
+        raise UsageError(f"amount {amount} is over limits.max_grant ({config.limits.max_grant})")
+    return amount
+
+
+async def open_ledger(config: Config, kind: str) -> Ledger:
+    return await Ledger.open(
+        config.storage.database,
+        config.plans.as_ledger_plans(),
+        hold_ttl_seconds=config.limits.hold_ttl_seconds,
+        lease_seconds=config.limits.hold_lease_seconds,
+        kind=kind,
+    )
+
+
+def _ledger(config: Config, args: argparse.Namespace) -> int:
+    if not Path(config.storage.database).exists():
+        raise UsageError(
+            f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
+        )
+    account = _account(args.account) if hasattr(args, "account") else None
+    amount = _amount(args.amount, config) if hasattr(args, "amount") else None
+    try:
+        return asyncio.run(_ledger_action(config, args, account, amount))
+    except LedgerError as error:
+        raise UsageError(str(error)) from None
+
+
+async def _ledger_action(
+    config: Config, args: argparse.Namespace, account: str | None, amount: int | None
+) -> int:
+    actor = f"cli:{getpass.getuser()}"
+    async with await open_ledger(config, "cli") as ledger:
+        match args.action:
+            case "balance":
+                assert account is not None
+                balance = await ledger.balance(account)
+                if args.json:
+                    print(json.dumps(balance.to_json()))
+                else:
+                    for key, value in balance.to_json().items():
+                        print(f"{key:14} {value}")
+            case "grant" | "revoke":
+                assert account is not None and amount is not None
+                change = getattr(ledger, args.action)
+                result = await change(account, amount, actor, args.reason)
+                print(
+                    f"{args.action} {result.applied} tokens on {account}: "
+                    f"bonus {result.bonus_tokens}, available {result.available}"
+                )
+            case "plan":
+                assert account is not None
+                balance = await ledger.set_plan(account, args.plan, actor=actor, reason=args.reason)
+                print(f"{account} is on {balance.plan_type}: available {balance.available}")
+            case "history":
+                assert account is not None
+                entries = await ledger.history(account, args.limit)
+                if args.json:
+                    print(json.dumps([e.__dict__ for e in entries]))
+                for e in entries if not args.json else []:
+                    print(
+                        f"{e.created_at} {e.operation_type:18} {e.status:9} {e.tokens_used:>9}"
+                        f" bonus{e.bonus_delta:+} {e.model_used or ''} {e.details or ''}".rstrip()
+                    )
+            case "export":
+                await ledger.export_csv(sys.stdout)
+            case "sweep":
+                report = await ledger.sweep()
+                print(
+                    f"released {report.orphaned} holds of stopped processes and "
+                    f"{report.expired} expired holds ({report.tokens_freed} tokens)"
+                )
+            case "verify":
+                violations = await ledger.verify()
+                for violation in violations:
+                    print(violation)
+                if violations:
+                    return 1
+                print("ledger ok")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config, Any], int]] = {
+    "run": _run,
+    "webhooks": _not_built("webhooks"),
+    "console": _not_built("console"),
+    "check": _not_built("check"),
+    "ledger": _ledger,
+}

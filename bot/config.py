@@ -1,0 +1,203 @@
+"""Configuration: `config.toml` (or `--config PATH`, or `BOT_CONFIG`), every key
+overridable by `BOT_<SECTION>__<KEY>`, secrets only from the environment or `.env`.
+
+`load()` returns a validated `Config` or raises `ConfigError` whose message is one
+line naming the key at fault; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ledger import Plan
+
+DEFAULT_PATH = Path("config.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, as one line naming the key or the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanSettings(_Section):
+    monthly_tokens: int = Field(ge=0)
+    max_agents: int = Field(ge=0)  # 0 means unlimited
+    price_label: str = ""
+
+
+class PlansSettings(_Section):
+    free: PlanSettings = PlanSettings(monthly_tokens=250_000, max_agents=3)
+    pro: PlanSettings = PlanSettings(
+        monthly_tokens=10_000_000, max_agents=0, price_label="$30/month"
+    )
+
+    def as_ledger_plans(self) -> dict[str, Plan]:
+        return {
+            name: Plan(name, plan.monthly_tokens, plan.max_agents)
+            for name, plan in (("free", self.free), ("pro", self.pro))
+        }
+
+
+class CostsSettings(_Section):
+    avatar_generation: int = Field(default=5000, ge=0)
+    avatar_upload: int = Field(default=0, ge=0)
+    model_weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("model_weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        for model, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"weight of {model!r} must be above 0, not {weight}")
+        return weights
+
+    def weight(self, model: str) -> float:
+        return self.model_weights.get(model, 1.0)
+
+
+class OpenAISettings(_Section):
+    base_url: str = ""  # empty: the SDK's default, or OPENAI_BASE_URL
+    image_model: str = "gpt-image-2.5-sunburst"
+    image_size: str = "1024x1024"
+    chat_model: str = "gpt-5.4-mini"
+    embedding_model: str = "text-embedding-3-small"
+    max_completion_tokens: int = Field(default=800, ge=16, le=32_000)
+    timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("image_model")
+    @classmethod
+    def _current_image_model(cls, model: str) -> str:
+        if model in {"dall-e-2", "dall-e-3", "gpt-image-1"}:
+            raise ValueError(f"{model} is retired; use a current GPT image model")
+        return model
+
+
+class StorageSettings(_Section):
+    database: str = "data/bot.db"
+    data_dir: str = "data"
+
+
+class WebhooksSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = ""
+
+
+class LemonSqueezySettings(_Section):
+    store_id: str = ""
+    variant_id: str = ""
+    checkout_url: str = ""
+    api_url: str = "https://api.lemonsqueezy.com"
+    checkout_expires_minutes: int = Field(default=60, ge=1)
+    test_mode: bool = False
+
+
+class AdminsSettings(_Section):
+    user_ids: list[int] = Field(default_factory=list)
+    admin_guild_id: int | None = None
+
+
+class DiscordSettings(_Section):
+    dev_guild_id: int | None = None
+    message_content: bool = False
+
+
+class LimitsSettings(_Section):
+    hold_ttl_seconds: int = Field(default=900, ge=1)
+    hold_lease_seconds: int = Field(default=30, ge=1)
+    max_avatar_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_document_pages: int = Field(default=300, ge=1)
+    max_chunks_per_account: int = Field(default=20_000, ge=1)
+    max_grant: int = Field(default=100_000_000, ge=1)
+
+
+class Secrets(BaseSettings):
+    """Secrets under their plain names; SecretStr keeps them out of reprs and logs."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    discord_token: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    lemonsqueezy_api_key: SecretStr | None = None
+    lemonsqueezy_webhook_secret: SecretStr | None = None
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_", env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    plans: PlansSettings = PlansSettings()
+    costs: CostsSettings = CostsSettings()
+    openai: OpenAISettings = OpenAISettings()
+    storage: StorageSettings = StorageSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
+    lemonsqueezy: LemonSqueezySettings = LemonSqueezySettings()
+    admins: AdminsSettings = AdminsSettings()
+    discord: DiscordSettings = DiscordSettings()
+    limits: LimitsSettings = LimitsSettings()
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init values).
+        return (env_settings, init_settings)
+
+    def data_path(self, *parts: str) -> Path:
+        return Path(self.storage.data_dir, *parts)
+
+
+def config_path(cli_path: str | None = None) -> Path:
+    return Path(cli_path or os.environ.get("BOT_CONFIG") or DEFAULT_PATH)
+
+
+def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -> Config:
+    path = config_path(cli_path)
+    file_values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    elif cli_path or os.environ.get("BOT_CONFIG"):
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        secrets = Secrets(_env_file=env_file)  # type: ignore[call-arg]
+        return Config(**file_values, secrets=secrets)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, path)) from None
+
+
+def _one_line(error: ValidationError, path: Path) -> str:
+    first = error.errors()[0]
+    location = [str(p) for p in first["loc"] if p != "secrets"]
+    key = ".".join(location) or "(root)"
+    env = "BOT_" + "__".join(location).upper()
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    value = first.get("input")
+    shown = (
+        "" if first["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+    )
+    count = len(error.errors())
+    more = f"; and {count - 1} more problem(s)" if count > 1 else ""
+    return f"config error: {key} (in {path} or {env}): {message}{shown}{more}"

@@ -1,0 +1,646 @@
+"""The token ledger: accounts with a monthly allowance, bonus tokens, and holds.
+
+Invariants (checked by `verify()` and by the stateful tests after every step):
+- usage_limits.tokens_used = the allowance part of the current period's charges;
+- usage_limits.tokens_held = the sum of the account's pending holds;
+- usage_limits.bonus_tokens = the sum of token_usage.bonus_delta (grants, revokes, draws);
+- no counter is negative; available = limit - used - held + bonus, shown as 0 if below;
+- a hold moves from pending to exactly one of committed, released or expired, once,
+  and leaves exactly one token_usage row when it does.
+
+A reserve is one conditional UPDATE inside the writer's transaction, so two callers can
+never both spend the last tokens. Periods roll over inside the next write that touches
+the account, once per boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ledger import queries
+from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
+from ledger.clock import Clock, SystemClock, from_text, to_text
+from ledger.errors import HoldNotFound, InsufficientTokens, UnknownPlan
+from ledger.periods import add_months, period_containing
+from ledger.records import Adjustment, Balance, Hold, Resolution, SweepReport, UsageEntry, Violation
+from ledger.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PLANS: dict[str, Plan] = {
+    "free": Plan("free", 250_000, 3),
+    "pro": Plan("pro", 10_000_000, 0),
+}
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        plans: Mapping[str, Plan],
+        clock: Clock,
+        *,
+        hold_ttl_seconds: float,
+        lease_seconds: float,
+        instance_id: str,
+    ) -> None:
+        self.store = store
+        self.plans = dict(plans)
+        self.clock = clock
+        self.hold_ttl = timedelta(seconds=hold_ttl_seconds)
+        self.lease = timedelta(seconds=lease_seconds)
+        self.instance_id = instance_id
+        self._maintenance: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        plans: Mapping[str, Plan] | None = None,
+        *,
+        clock: Clock | None = None,
+        hold_ttl_seconds: float = 900,
+        lease_seconds: float = 30,
+        kind: str = "bot",
+    ) -> Ledger:
+        store = await Store.open(path)
+        ledger = cls(
+            store,
+            plans or DEFAULT_PLANS,
+            clock or SystemClock(),
+            hold_ttl_seconds=hold_ttl_seconds,
+            lease_seconds=lease_seconds,
+            instance_id=uuid.uuid4().hex,
+        )
+        try:
+            await ledger._register(kind)
+        except BaseException:
+            await store.close()
+            raise
+        return ledger
+
+    async def close(self) -> None:
+        """Stop maintenance, expire this instance's unresolved holds, leave the lease table."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        try:
+            await self.store.write(self._retire_op)
+        finally:
+            await self.store.close()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise UnknownPlan(f"unknown plan {name!r}; known: {', '.join(self.plans)}") from None
+
+    # ---- accounts and periods -------------------------------------------------------
+
+    async def _account(
+        self, conn: aiosqlite.Connection, account_id: str, now: datetime
+    ) -> dict[str, Any]:
+        """The account row, created on first use and rolled over if its period ended."""
+        rows = await conn.execute_fetchall(
+            "SELECT * FROM usage_limits WHERE account_id = ?", (account_id,)
+        )
+        if not rows:
+            free = self.plan("free")
+            row = {
+                "account_id": account_id,
+                "plan_type": free.name,
+                "tokens_limit": free.monthly_tokens,
+                "tokens_used": 0,
+                "tokens_held": 0,
+                "bonus_tokens": 0,
+                "period_start": to_text(now),
+                "period_end": to_text(add_months(now, 1)),
+                "period_anchor": to_text(now),
+                "period_seq": 1,
+                "created_at": to_text(now),
+                "updated_at": to_text(now),
+            }
+            await conn.execute(
+                f"INSERT INTO usage_limits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+            return row
+        row = dict(rows[0])
+        if now >= from_text(row["period_end"]):
+            start, end = period_containing(from_text(row["period_anchor"]), now)
+            await conn.execute(
+                "UPDATE usage_limits SET tokens_used = 0, period_start = ?, period_end = ?,"
+                " period_seq = period_seq + 1, updated_at = ? WHERE account_id = ?",
+                (to_text(start), to_text(end), to_text(now), account_id),
+            )
+            await self._journal(
+                conn,
+                account_id,
+                "period_reset",
+                row["tokens_used"],
+                row["period_end"],
+                to_text(end),
+                "ledger",
+                "the period ended",
+                now,
+            )
+            row.update(
+                tokens_used=0,
+                period_start=to_text(start),
+                period_end=to_text(end),
+                period_seq=row["period_seq"] + 1,
+            )
+        return row
+
+    async def _journal(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        action: str,
+        amount: int | None,
+        old: str | None,
+        new: str | None,
+        actor: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO journal (account_id, action, amount, old_value, new_value, actor,"
+            " reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (account_id, action, amount, old, new, actor, reason, to_text(now)),
+        )
+
+    # ---- holds: reserve, commit, release ----------------------------------------------
+
+    async def reserve(
+        self,
+        account_id: str,
+        amount: int,
+        operation: str,
+        user_id: str | int | None = None,
+        guild_id: str | int | None = None,
+        model: str | None = None,
+    ) -> Hold:
+        """Set `amount` aside, or raise InsufficientTokens and change nothing else."""
+        check_account_id(account_id)
+        check_amount(amount)
+        user = None if user_id is None else str(user_id)
+        guild = None if guild_id is None else str(guild_id)
+        hold_id = uuid.uuid4().hex
+
+        async def op(conn: aiosqlite.Connection) -> Hold:
+            now = self.clock.now()
+            row = await self._account(conn, account_id, now)
+            updated = await conn.execute_fetchall(
+                "UPDATE usage_limits SET tokens_held = tokens_held + :amount, updated_at = :now"
+                " WHERE account_id = :account"
+                " AND tokens_limit - tokens_used - tokens_held + bonus_tokens >= :amount"
+                " RETURNING tokens_limit, tokens_used, tokens_held, bonus_tokens",
+                {"amount": amount, "now": to_text(now), "account": account_id},
+            )
+            if not updated:
+                raise InsufficientTokens(
+                    amount,
+                    available(
+                        row["tokens_limit"],
+                        row["tokens_used"],
+                        row["tokens_held"],
+                        row["bonus_tokens"],
+                    ),
+                    row["plan_type"],
+                )
+            await conn.execute(
+                "INSERT INTO holds (hold_id, account_id, user_id, guild_id, operation_type,"
+                " model_used, amount, instance_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hold_id,
+                    account_id,
+                    user,
+                    guild,
+                    operation,
+                    model,
+                    amount,
+                    self.instance_id,
+                    to_text(now),
+                    to_text(now + self.hold_ttl),
+                ),
+            )
+            after = updated[0]
+            return Hold(
+                hold_id, account_id, amount, operation, model, user, guild, available(*after)
+            )
+
+        return await self.store.write(op)
+
+    async def commit(self, hold: Hold | str, actual: int, details: str | None = None) -> Resolution:
+        """Charge `actual` for a pending hold (in full, even above the hold) and free the rest."""
+        check_amount(actual, allow_zero=True)
+        return await self.store.write(
+            lambda conn: self._resolve(conn, _hold_id(hold), "committed", actual, details)
+        )
+
+    async def release(self, hold: Hold | str, reason: str | None = None) -> Resolution:
+        """Free a pending hold and charge nothing."""
+        return await self.store.write(
+            lambda conn: self._resolve(conn, _hold_id(hold), "released", 0, reason)
+        )
+
+    async def _resolve(
+        self,
+        conn: aiosqlite.Connection,
+        hold_id: str,
+        status: str,
+        actual: int,
+        details: str | None,
+    ) -> Resolution:
+        now = self.clock.now()
+        claimed = await conn.execute_fetchall(
+            "UPDATE holds SET status = ?, charged = ?, resolved_at = ?, reason = ?"
+            " WHERE hold_id = ? AND status = 'pending'"
+            " RETURNING account_id, user_id, guild_id, operation_type, model_used, amount",
+            (status, actual, to_text(now), details, hold_id),
+        )
+        if not claimed:
+            return await self._earlier_resolution(conn, hold_id, now)
+        hold = claimed[0]
+        account_id = hold["account_id"]
+        row = await self._account(conn, account_id, now)
+        from_bonus = split_charge(
+            actual, row["tokens_limit"], row["tokens_used"], row["bonus_tokens"]
+        )
+        used = row["tokens_used"] + actual - from_bonus
+        held = row["tokens_held"] - hold["amount"]
+        bonus = row["bonus_tokens"] - from_bonus
+        await conn.execute(
+            "UPDATE usage_limits SET tokens_used = ?, tokens_held = ?, bonus_tokens = ?,"
+            " updated_at = ? WHERE account_id = ?",
+            (used, held, bonus, to_text(now), account_id),
+        )
+        excess = max(0, actual - hold["amount"])
+        await conn.execute(
+            "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
+            " model_used, tokens_used, bonus_delta, status, hold_id, period_seq, details,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                account_id,
+                hold["user_id"],
+                hold["guild_id"],
+                hold["operation_type"],
+                hold["model_used"],
+                actual,
+                -from_bonus,
+                "charged" if status == "committed" else status,
+                hold_id,
+                row["period_seq"],
+                _excess_note(details, excess),
+                to_text(now),
+            ),
+        )
+        if excess:
+            log.warning("hold %s on %s was exceeded by %d tokens", hold_id, account_id, excess)
+        return Resolution(
+            hold_id,
+            account_id,
+            status,
+            actual,
+            excess,
+            available(row["tokens_limit"], used, held, bonus),
+            True,
+        )
+
+    async def _earlier_resolution(
+        self, conn: aiosqlite.Connection, hold_id: str, now: datetime
+    ) -> Resolution:
+        rows = await conn.execute_fetchall(
+            "SELECT h.account_id, h.status, h.amount, h.charged, u.tokens_limit, u.tokens_used,"
+            " u.tokens_held, u.bonus_tokens FROM holds h JOIN usage_limits u USING (account_id)"
+            " WHERE h.hold_id = ?",
+            (hold_id,),
+        )
+        if not rows:
+            raise HoldNotFound(f"no hold {hold_id!r}")
+        r = rows[0]
+        charged = r["charged"] or 0
+        return Resolution(
+            hold_id,
+            r["account_id"],
+            r["status"],
+            charged,
+            max(0, charged - r["amount"]),
+            available(r["tokens_limit"], r["tokens_used"], r["tokens_held"], r["bonus_tokens"]),
+            False,
+        )
+
+    async def record(
+        self,
+        account_id: str,
+        operation: str,
+        user_id: str | int | None = None,
+        guild_id: str | int | None = None,
+        model: str | None = None,
+        details: str | None = None,
+    ) -> None:
+        """Append a free operation (an avatar upload) to the audit log."""
+        check_account_id(account_id)
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            now = self.clock.now()
+            row = await self._account(conn, account_id, now)
+            await conn.execute(
+                "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
+                " model_used, tokens_used, status, period_seq, details, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, 'free', ?, ?, ?)",
+                (
+                    account_id,
+                    _text(user_id),
+                    _text(guild_id),
+                    operation,
+                    model,
+                    row["period_seq"],
+                    details,
+                    to_text(now),
+                ),
+            )
+
+        await self.store.write(op)
+
+    # ---- operators: grants, revokes, plans --------------------------------------------
+
+    async def grant(
+        self, account_id: str, amount: int, actor: str, reason: str, *, maximum: int | None = None
+    ) -> Adjustment:
+        """Add bonus tokens; they never reset."""
+        check_account_id(account_id)
+        check_amount(amount, maximum=maximum)
+        return await self.store.write(
+            lambda conn: self._adjust(conn, account_id, amount, amount, actor, reason, "grant")
+        )
+
+    async def revoke(
+        self, account_id: str, amount: int, actor: str, reason: str, *, maximum: int | None = None
+    ) -> Adjustment:
+        """Take back bonus tokens, at most what is left of them (never below 0)."""
+        check_account_id(account_id)
+        check_amount(amount, maximum=maximum)
+
+        async def op(conn: aiosqlite.Connection) -> Adjustment:
+            row = await self._account(conn, account_id, self.clock.now())
+            taken = min(amount, row["bonus_tokens"])
+            return await self._adjust(conn, account_id, amount, -taken, actor, reason, "revoke")
+
+        return await self.store.write(op)
+
+    async def _adjust(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        requested: int,
+        delta: int,
+        actor: str,
+        reason: str,
+        action: str,
+    ) -> Adjustment:
+        now = self.clock.now()
+        row = await self._account(conn, account_id, now)
+        bonus = row["bonus_tokens"] + delta
+        await conn.execute(
+            "UPDATE usage_limits SET bonus_tokens = ?, updated_at = ? WHERE account_id = ?",
+            (bonus, to_text(now), account_id),
+        )
+        await conn.execute(
+            "INSERT INTO token_usage (account_id, user_id, operation_type, tokens_used,"
+            " bonus_delta, status, period_seq, details, created_at)"
+            " VALUES (?, ?, ?, 0, ?, 'applied', ?, ?, ?)",
+            (account_id, actor, action, delta, row["period_seq"], reason, to_text(now)),
+        )
+        await self._journal(
+            conn,
+            account_id,
+            action,
+            abs(delta),
+            str(row["bonus_tokens"]),
+            str(bonus),
+            actor,
+            reason,
+            now,
+        )
+        return Adjustment(
+            account_id,
+            requested,
+            abs(delta),
+            bonus,
+            available(row["tokens_limit"], row["tokens_used"], row["tokens_held"], bonus),
+        )
+
+    async def set_plan(
+        self,
+        account_id: str,
+        plan: str,
+        period_end: datetime | None = None,
+        *,
+        actor: str,
+        reason: str,
+    ) -> Balance:
+        """Move an account to `plan`. With `period_end`, a fresh period starts now (usage
+        back to 0) and later periods step monthly from `period_end`; without it, the
+        current period and its usage are kept and only the allowance changes."""
+        check_account_id(account_id)
+        target = self.plan(plan)
+
+        async def op(conn: aiosqlite.Connection) -> Balance:
+            now = self.clock.now()
+            row = await self._account(conn, account_id, now)
+            if period_end is not None and period_end > now:
+                row.update(
+                    tokens_used=0,
+                    period_start=to_text(now),
+                    period_end=to_text(period_end),
+                    period_anchor=to_text(period_end),
+                    period_seq=row["period_seq"] + 1,
+                )
+            old_plan = row["plan_type"]
+            row.update(plan_type=target.name, tokens_limit=target.monthly_tokens)
+            await conn.execute(
+                "UPDATE usage_limits SET plan_type = ?, tokens_limit = ?, tokens_used = ?,"
+                " period_start = ?, period_end = ?, period_anchor = ?, period_seq = ?,"
+                " updated_at = ? WHERE account_id = ?",
+                (
+                    row["plan_type"],
+                    row["tokens_limit"],
+                    row["tokens_used"],
+                    row["period_start"],
+                    row["period_end"],
+                    row["period_anchor"],
+                    row["period_seq"],
+                    to_text(now),
+                    account_id,
+                ),
+            )
+            await self._journal(
+                conn, account_id, "plan", None, old_plan, target.name, actor, reason, now
+            )
+            return queries.balance_from_row(row, now)
+
+        return await self.store.write(op)
+
+    # ---- processes: leases and the sweeper ---------------------------------------------
+
+    async def _register(self, kind: str) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            now = self.clock.now()
+            await conn.execute(
+                "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
+                " lease_until) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    self.instance_id,
+                    kind,
+                    os.getpid(),
+                    socket.gethostname(),
+                    to_text(now),
+                    to_text(now + self.lease),
+                ),
+            )
+
+        await self.store.write(op)
+
+    async def renew_lease(self) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            now = self.clock.now()
+            await conn.execute(
+                "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
+                " lease_until) VALUES (?, 'bot', ?, ?, ?, ?) ON CONFLICT (instance_id)"
+                " DO UPDATE SET lease_until = excluded.lease_until",
+                (
+                    self.instance_id,
+                    os.getpid(),
+                    socket.gethostname(),
+                    to_text(now),
+                    to_text(now + self.lease),
+                ),
+            )
+
+        await self.store.write(op)
+
+    async def sweep(self) -> SweepReport:
+        """Expire this instance's holds past their time to live, and every hold of an
+        instance whose lease has lapsed. Never touches another live instance's holds."""
+
+        async def op(conn: aiosqlite.Connection) -> SweepReport:
+            now = to_text(self.clock.now())
+            expired = await conn.execute_fetchall(
+                "SELECT hold_id, amount FROM holds WHERE status = 'pending'"
+                " AND instance_id = ? AND expires_at <= ?",
+                (self.instance_id, now),
+            )
+            orphaned = await conn.execute_fetchall(
+                "SELECT h.hold_id, h.amount FROM holds h LEFT JOIN instances i USING (instance_id)"
+                " WHERE h.status = 'pending' AND h.instance_id != ?"
+                " AND (i.instance_id IS NULL OR i.lease_until <= ?)",
+                (self.instance_id, now),
+            )
+            for rows, why in ((expired, "time to live passed"), (orphaned, "its process stopped")):
+                for r in rows:
+                    await self._resolve(conn, r["hold_id"], "expired", 0, why)
+            freed = sum(r["amount"] for r in (*expired, *orphaned))
+            await conn.execute(
+                "DELETE FROM instances WHERE lease_until <= ? AND instance_id != ?"
+                " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id ="
+                " instances.instance_id AND h.status = 'pending')",
+                (now, self.instance_id),
+            )
+            return SweepReport(len(expired), len(orphaned), freed)
+
+        report = await self.store.write(op)
+        if report.expired or report.orphaned:
+            log.info(
+                "sweep released %d expired and %d orphaned holds (%d tokens)",
+                report.expired,
+                report.orphaned,
+                report.tokens_freed,
+            )
+        return report
+
+    async def _retire_op(self, conn: aiosqlite.Connection) -> None:
+        rows = await conn.execute_fetchall(
+            "SELECT hold_id FROM holds WHERE status = 'pending' AND instance_id = ?",
+            (self.instance_id,),
+        )
+        for r in rows:
+            await self._resolve(conn, r["hold_id"], "expired", 0, "its process stopped")
+        await conn.execute("DELETE FROM instances WHERE instance_id = ?", (self.instance_id,))
+
+    def start_maintenance(self, interval_seconds: float | None = None) -> None:
+        """Renew the lease and sweep in the background, a few times per lease."""
+        if self._maintenance is None:
+            interval = interval_seconds or max(0.05, self.lease.total_seconds() / 3)
+            self._maintenance = asyncio.get_running_loop().create_task(
+                self._maintain(interval), name="ledger-maintenance"
+            )
+
+    async def _maintain(self, interval: float) -> None:
+        while True:
+            try:
+                await self.renew_lease()
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a busy database must not kill the lease loop
+                log.exception("ledger maintenance failed; retrying")
+            await asyncio.sleep(interval)
+
+    # ---- reads ----------------------------------------------------------------------
+
+    async def balance(self, account_id: str) -> Balance:
+        check_account_id(account_id)
+        return await queries.balance(
+            self.store.reader, account_id, self.plan("free"), self.clock.now()
+        )
+
+    async def usage_by_operation(self, account_id: str) -> dict[str, int]:
+        check_account_id(account_id)
+        return await queries.usage_by_operation(self.store.reader, account_id, self.clock.now())
+
+    async def history(self, account_id: str, limit: int = 50) -> list[UsageEntry]:
+        check_account_id(account_id)
+        return await queries.history(self.store.reader, account_id, limit)
+
+    async def export_csv(self, out: Any) -> int:
+        return await queries.export_csv(self.store.reader, out)
+
+    async def verify(self) -> list[Violation]:
+        return await queries.verify(self.store.reader)
+
+
+def _hold_id(hold: Hold | str) -> str:
+    return hold.hold_id if isinstance(hold, Hold) else hold
+
+
+def _text(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _excess_note(details: str | None, excess: int) -> str | None:
+    if not excess:
+        return details
+    note = f"exceeded the hold by {excess}"
+    return f"{details}; {note}" if details else note
