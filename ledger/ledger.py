@@ -465,43 +465,55 @@ class Ledger:
         back to 0) and later periods step monthly from `period_end`; without it, the
         current period and its usage are kept and only the allowance changes."""
         check_account_id(account_id)
+        self.plan(plan)
+        return await self.store.write(
+            lambda conn: self.set_plan_in(conn, account_id, plan, period_end, actor, reason)
+        )
+
+    async def set_plan_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        plan: str,
+        period_end: datetime | None,
+        actor: str,
+        reason: str,
+    ) -> Balance:
+        """`set_plan` inside a write transaction the caller already holds (billing uses it
+        so that an event's plan change and its record commit together)."""
         target = self.plan(plan)
-
-        async def op(conn: aiosqlite.Connection) -> Balance:
-            now = self.clock.now()
-            row = await self._account(conn, account_id, now)
-            if period_end is not None and period_end > now:
-                row.update(
-                    tokens_used=0,
-                    period_start=to_text(now),
-                    period_end=to_text(period_end),
-                    period_anchor=to_text(period_end),
-                    period_seq=row["period_seq"] + 1,
-                )
-            old_plan = row["plan_type"]
-            row.update(plan_type=target.name, tokens_limit=target.monthly_tokens)
-            await conn.execute(
-                "UPDATE usage_limits SET plan_type = ?, tokens_limit = ?, tokens_used = ?,"
-                " period_start = ?, period_end = ?, period_anchor = ?, period_seq = ?,"
-                " updated_at = ? WHERE account_id = ?",
-                (
-                    row["plan_type"],
-                    row["tokens_limit"],
-                    row["tokens_used"],
-                    row["period_start"],
-                    row["period_end"],
-                    row["period_anchor"],
-                    row["period_seq"],
-                    to_text(now),
-                    account_id,
-                ),
+        now = self.clock.now()
+        row = await self._account(conn, account_id, now)
+        if period_end is not None and period_end > now:
+            row.update(
+                tokens_used=0,
+                period_start=to_text(now),
+                period_end=to_text(period_end),
+                period_anchor=to_text(period_end),
+                period_seq=row["period_seq"] + 1,
             )
-            await self._journal(
-                conn, account_id, "plan", None, old_plan, target.name, actor, reason, now
-            )
-            return queries.balance_from_row(row, now)
-
-        return await self.store.write(op)
+        old_plan = row["plan_type"]
+        row.update(plan_type=target.name, tokens_limit=target.monthly_tokens)
+        await conn.execute(
+            "UPDATE usage_limits SET plan_type = ?, tokens_limit = ?, tokens_used = ?,"
+            " period_start = ?, period_end = ?, period_anchor = ?, period_seq = ?,"
+            " updated_at = ? WHERE account_id = ?",
+            (
+                row["plan_type"],
+                row["tokens_limit"],
+                row["tokens_used"],
+                row["period_start"],
+                row["period_end"],
+                row["period_anchor"],
+                row["period_seq"],
+                to_text(now),
+                account_id,
+            ),
+        )
+        await self._journal(
+            conn, account_id, "plan", None, old_plan, target.name, actor, reason, now
+        )
+        return queries.balance_from_row(row, now)
 
     # ---- processes: leases and the sweeper ---------------------------------------------
 
