@@ -259,6 +259,14 @@ class Ledger:
             lambda conn: self._resolve(conn, _hold_id(hold), "committed", actual, details)
         )
 
+    async def commit_in(
+        self, conn: aiosqlite.Connection, hold: Hold | str, actual: int, details: str | None = None
+    ) -> Resolution:
+        """`commit` inside a write transaction the caller already holds, so the charge and
+        what it paid for (a stored avatar, a stored document) commit together or not at all."""
+        check_amount(actual, allow_zero=True)
+        return await self._resolve(conn, _hold_id(hold), "committed", actual, details)
+
     async def release(self, hold: Hold | str, reason: str | None = None) -> Resolution:
         """Free a pending hold and charge nothing."""
         return await self.store.write(
