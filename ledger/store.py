@@ -211,7 +211,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             if current >= number:
                 await conn.execute("COMMIT")
                 continue
-            for statement in _statements(script):
+            for statement in split_statements(script):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version={number}")
             await conn.execute("COMMIT")
@@ -223,7 +223,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return max(version, len(MIGRATIONS))
 
 
-def _statements(script: str) -> list[str]:
+def split_statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3.complete_statement knows triggers)."""
     statements: list[str] = []
     buffer = ""
