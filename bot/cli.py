@@ -104,6 +104,12 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     return run_bot(config)
 
 
+def _console(config: Config, args: argparse.Namespace) -> int:
+    from bot.console import main as console_main
+
+    return console_main(config, args.user, args.guild, args.out)
+
+
 # ---- ledger ---------------------------------------------------------------------------
 
 _AMOUNT = re.compile(r"[0-9]+")
@@ -205,7 +211,7 @@ async def _ledger_action(
 COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "run": _run,
     "webhooks": _not_built("webhooks"),
-    "console": _not_built("console"),
+    "console": _console,
     "check": _not_built("check"),
     "ledger": _ledger,
 }

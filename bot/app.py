@@ -1,0 +1,189 @@
+"""The Discord bot process: `python -m bot run`.
+
+`setup_hook` opens the services (ledger, AI gateway), loads every cog in `cogs/`, starts
+the webhook sidecar and the hold sweeper, and syncs the slash commands. The core finds
+the cogs by walking the package; it knows none of them by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import pkgutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import cogs
+from bot.config import Config
+from bot.front import report_error
+from bot.repository import Agent
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+# What the bot does in a channel, and nothing more: answer, thread a conversation,
+# attach avatars, and speak as an agent through a channel webhook.
+PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    create_public_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    manage_webhooks=True,
+)
+SCOPES = ("bot", "applications.commands")
+
+
+def intents_for(config: Config) -> discord.Intents:
+    intents = discord.Intents.none()
+    intents.guilds = True  # guilds, channels and threads: needed to open conversation threads
+    if config.discord.message_content:
+        # Privileged: enable it in the developer portal too. Lets plain messages in an
+        # agent's thread continue the conversation.
+        intents.guild_messages = True
+        intents.message_content = True
+    return intents
+
+
+def static_checkout_url(config: Config, account_id: str, user_id: int | None = None) -> str | None:
+    base = config.lemonsqueezy.checkout_url
+    if not base:
+        return None
+    query = {"checkout[custom][account_id]": account_id}
+    if user_id is not None:
+        query["checkout[custom][user_id]"] = str(user_id)
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}"
+
+
+def application_id_from_token(token: str) -> int | None:
+    """A bot token's first part is the bot's user id (which is the application id)."""
+    first = token.split(".", 1)[0]
+    try:
+        return int(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
+    except ValueError:
+        return None
+
+
+def invite_url(application_id: int | str) -> str:
+    return discord.utils.oauth_url(str(application_id), permissions=PERMISSIONS, scopes=SCOPES)
+
+
+class AgentTree(app_commands.CommandTree):
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        bot: Any = interaction.client
+        url = None
+        if interaction.user is not None:
+            account = (
+                f"guild:{interaction.guild_id}"
+                if interaction.guild_id
+                else f"user:{interaction.user.id}"
+            )
+            url = bot.upgrade_url(account) if hasattr(bot, "upgrade_url") else None
+        await report_error(interaction, error, url)
+
+
+class AgentBot(commands.Bot):
+    def __init__(self, config: Config, services: Services | None = None) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents_for(config),
+            allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=AgentTree,
+            help_command=None,
+        )
+        self.config = config
+        self.services: Services = services  # type: ignore[assignment]  # set in setup_hook
+        self.sidecar: Any = None
+
+    async def load_cogs(self) -> None:
+        for module in pkgutil.iter_modules(cogs.__path__):
+            if not module.name.startswith("_"):
+                await self.load_extension(f"cogs.{module.name}")
+
+    async def setup_hook(self) -> None:
+        if self.services is None:
+            self.services = await Services.open(self.config)
+        await self.load_cogs()
+        self.services.ledger.start_maintenance()
+        self.sidecar = await self._start_sidecar()
+        guild_id = self.config.discord.dev_guild_id
+        if guild_id:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info(
+            "synced %d slash commands %s",
+            len(synced),
+            f"to guild {guild_id}" if guild_id else "globally",
+        )
+
+    async def _start_sidecar(self) -> Any:
+        try:
+            from bot import webhooks
+        except ImportError:
+            return None
+        return await webhooks.start_sidecar(self.config, self.services.ledger, notifier=None)
+
+    async def close(self) -> None:
+        if self.sidecar is not None:
+            await self.sidecar.cleanup()
+            self.sidecar = None
+        await super().close()
+        if self.services is not None:
+            await self.services.close()
+
+    def upgrade_url(self, account_id: str) -> str | None:
+        return static_checkout_url(self.config, account_id)
+
+    def avatar_of(self, agent: Agent) -> tuple[str | None, discord.File | None]:
+        """The avatar as a URL served by the sidecar, or as an attached file."""
+        path = self.services.avatars.file_for(agent)
+        if path is None:
+            return None, None
+        public = self.config.webhooks.public_url.rstrip("/")
+        if public:
+            return f"{public}/avatars/{agent.id}.png?v={agent.avatar_version}", None
+        return "attachment://avatar.png", discord.File(Path(path), filename="avatar.png")
+
+
+async def _main(config: Config, token: str) -> int:
+    bot = AgentBot(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+    try:
+        async with bot:
+            await bot.start(token)
+    except discord.LoginFailure:
+        print(
+            "Discord refused DISCORD_TOKEN: copy the bot token again from the developer portal",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "discord.message_content is on, but the Message Content intent is not enabled "
+            "for this bot in the developer portal",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def run_bot(config: Config) -> int:
+    assert config.secrets.discord_token is not None
+    return asyncio.run(_main(config, config.secrets.discord_token.get_secret_value()))

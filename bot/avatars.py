@@ -1,0 +1,169 @@
+"""Avatars: one per agent, generated (metered, a flat price) or uploaded (free).
+
+Promises: a generation is paid only when its image was produced, checked and stored;
+the new file is written before the old one is deleted, so an agent never loses its
+avatar to a failed call; the charge and the agent's new avatar commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from bot.agents import AgentService
+from bot.ai import AIGateway, ImageResult
+from bot.config import Config
+from bot.errors import AIUnavailable
+from bot.images import UnusableImage, normalize_avatar, normalize_generated
+from bot.metering import Actor, Meter
+from bot.repository import Agent, Repository
+from ledger import InsufficientTokens, Ledger
+
+log = logging.getLogger(__name__)
+
+STYLE_MAX = 200
+
+
+@dataclass(frozen=True)
+class AvatarResult:
+    agent: Agent
+    path: Path
+    charged: int
+    available: int
+
+
+class AvatarService:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        repo: Repository,
+        agents: AgentService,
+        ai: AIGateway,
+        meter: Meter,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.repo = repo
+        self.agents = agents
+        self.ai = ai
+        self.meter = meter
+        self.folder = config.data_path("avatars")
+
+    def prompt_for(self, agent: Agent, style: str | None) -> str:
+        persona = " ".join(agent.prompt.split())[:600]
+        look = f" Style: {style.strip()[:STYLE_MAX]}." if style and style.strip() else ""
+        return (
+            f"A square profile picture (avatar) for an AI character named {agent.name}. "
+            f"Its personality: {persona}.{look} Centered subject, simple background, no text."
+        )
+
+    async def generate(
+        self, actor: Actor, agent_name: str, style: str | None = None
+    ) -> AvatarResult:
+        agent = await self.agents.get_editable(actor, agent_name)
+        cost = self.config.costs.avatar_generation
+        prompt = self.prompt_for(agent, style)
+        new_path = self._new_path(agent)
+
+        async def call() -> Path:
+            image: ImageResult = await self.ai.image(prompt)
+            try:
+                png = await asyncio.to_thread(normalize_generated, image.png)
+            except UnusableImage:
+                log.warning("the image API returned an unusable image for agent %d", agent.id)
+                raise AIUnavailable() from None
+            await asyncio.to_thread(_write_atomically, new_path, png)
+            return new_path
+
+        async def store(conn: aiosqlite.Connection, path: Path) -> None:
+            await self.repo.set_avatar_in(conn, agent.id, str(path), "generated")
+
+        try:
+            metered = await self.meter.run(
+                actor,
+                "avatar_generation",
+                cost,
+                self.config.openai.image_model,
+                call,
+                cost=lambda _path: cost,
+                store=store,
+            )
+        except BaseException:
+            new_path.unlink(missing_ok=True)
+            raise
+        self._delete_old(agent)
+        updated = await self.repo.agent_by_id(agent.id)
+        assert updated is not None
+        return AvatarResult(updated, new_path, metered.charged, metered.available)
+
+    async def upload(self, actor: Actor, agent_name: str, data: bytes) -> AvatarResult:
+        agent = await self.agents.get_editable(actor, agent_name)
+        png = await asyncio.to_thread(
+            normalize_avatar, data, max_bytes=self.config.limits.max_avatar_bytes
+        )
+        new_path = self._new_path(agent)
+        await asyncio.to_thread(_write_atomically, new_path, png)
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await self.repo.set_avatar_in(conn, agent.id, str(new_path), "uploaded")
+
+        try:
+            await self.repo.store.write(op)
+        except BaseException:
+            new_path.unlink(missing_ok=True)
+            raise
+        await self.ledger.record(
+            actor.account_id,
+            "avatar_upload",
+            actor.user_id,
+            actor.guild_id,
+            details=f"agent {agent.id}",
+        )
+        self._delete_old(agent)
+        updated = await self.repo.agent_by_id(agent.id)
+        assert updated is not None
+        balance = await self.ledger.balance(actor.account_id)
+        return AvatarResult(updated, new_path, 0, balance.available)
+
+    def _new_path(self, agent: Agent) -> Path:
+        return self.folder / f"{agent.id}-{uuid.uuid4().hex[:12]}.png"
+
+    def remove_file(self, agent: Agent) -> None:
+        """Delete a deleted agent's avatar file."""
+        self._delete_old(agent)
+
+    async def precheck(self, actor: Actor) -> None:
+        """The spec's flow checks the balance before anything else, so a member who is
+        short sees the refusal at once (and privately). The reserve still decides."""
+        cost = self.config.costs.avatar_generation
+        balance = await self.ledger.balance(actor.account_id)
+        if balance.available < cost:
+            raise InsufficientTokens(cost, balance.available, balance.plan_type)
+
+    def _delete_old(self, agent: Agent) -> None:
+        """Delete the file the agent had before (the row now points at the new one)."""
+        if agent.avatar_path:
+            old = Path(agent.avatar_path)
+            try:
+                old.unlink(missing_ok=True)
+                log.info("🗑️ Deleted old avatar %s", old.name)
+            except OSError:
+                log.warning("could not delete old avatar %s", old, exc_info=True)
+
+    def file_for(self, agent: Agent) -> Path | None:
+        if agent.avatar_path and Path(agent.avatar_path).is_file():
+            return Path(agent.avatar_path)
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)

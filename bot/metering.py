@@ -1,0 +1,159 @@
+"""The single path of every paid AI call: reserve, call, settle.
+
+1. Reserve the estimate (refused: InsufficientTokens, and the API is never called).
+2. Call the API with no transaction open.
+3. Success: commit the actual cost (the API's usage times the model's weight, or a flat
+   price), together with whatever `store` writes, in one transaction. Failure, timeout or
+   cancellation: release the hold and charge nothing.
+
+Settling is shielded from cancellation: a member who gives up (or a shutdown) must not
+leave a hold pending until the sweeper finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import aiosqlite
+
+from bot.config import CostsSettings
+from ledger import Hold, InsufficientTokens, Ledger
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, and where: the account charged and the ids recorded with each entry."""
+
+    account_id: str
+    user_id: int
+    guild_id: int | None
+    can_manage: bool = False  # Manage Server in this guild (or the account's own user in a DM)
+
+
+@dataclass(frozen=True)
+class Metered(Generic[R]):
+    result: R
+    charged: int
+    available: int
+    hold_id: str
+
+
+class Meter:
+    def __init__(self, ledger: Ledger, costs: CostsSettings) -> None:
+        self.ledger = ledger
+        self.costs = costs
+        self._settling: set[asyncio.Task[object]] = set()
+
+    def weighted(self, model: str, tokens: int) -> int:
+        """The API's tokens times the model's weight, rounded up: never under-charge."""
+        return math.ceil(tokens * self.costs.weight(model))
+
+    async def run(
+        self,
+        actor: Actor,
+        operation: str,
+        estimate: int,
+        model: str,
+        call: Callable[[], Awaitable[R]],
+        cost: Callable[[R], int],
+        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
+    ) -> Metered[R]:
+        """Run one metered call. `cost(result)` is the final charge in tokens; `store`
+        writes what the call produced inside the charge's transaction."""
+        log.info(
+            "💰 Checking token balance for %s (%s, %d tokens)",
+            actor.account_id,
+            operation,
+            estimate,
+        )
+        hold = await self._reserve(actor, operation, estimate, model)
+        log.info(
+            "%s has %d tokens available after holding %d",
+            actor.account_id,
+            hold.available_after,
+            estimate,
+        )
+        try:
+            log.info("Calling %s for %s on %s", model, operation, actor.account_id)
+            result = await call()
+            charge = cost(result)
+        except BaseException as error:
+            reason = (
+                "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__
+            )
+            log.info(
+                "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
+            )
+            await self._settle(self.ledger.release(hold, reason))
+            raise
+        log.info("💸 Deducting %d tokens from %s...", charge, actor.account_id)
+
+        async def commit(conn: aiosqlite.Connection):
+            if store is not None:
+                await store(conn, result)
+            return await self.ledger.commit_in(conn, hold, charge)
+
+        try:
+            resolution = await self._settle(self.ledger.store.write(commit))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Storing what the call produced failed: the member gets nothing, so pays nothing.
+            log.exception("storing the result of %s failed; releasing the hold", operation)
+            await self._settle(self.ledger.release(hold, "storing the result failed"))
+            raise
+        log.info(
+            "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
+        )
+        return Metered(result, resolution.charged, resolution.available, hold.hold_id)
+
+    async def _reserve(self, actor: Actor, operation: str, amount: int, model: str) -> Hold:
+        task = asyncio.ensure_future(
+            self.ledger.reserve(
+                actor.account_id, amount, operation, actor.user_id, actor.guild_id, model
+            )
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The reserve may still land after we were cancelled: release it when it does.
+            task.add_done_callback(self._release_late)
+            raise
+        except InsufficientTokens as error:
+            log.info(
+                "❌ Insufficient tokens on %s for %s: needs %d, has %d",
+                actor.account_id,
+                operation,
+                error.needed,
+                error.available,
+            )
+            raise
+
+    def _release_late(self, task: asyncio.Future[Hold]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._keep(asyncio.ensure_future(self.ledger.release(task.result(), "cancelled")))
+
+    def _keep(self, task: asyncio.Future[object]) -> None:
+        self._settling.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, work: Awaitable[R]) -> R:
+        """Finish `work` even if the caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(work)
+        self._keep(task)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for settlements still running (at shutdown, before closing the ledger)."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)

@@ -1,0 +1,205 @@
+"""The application's own tables (agents, documents, chunks, conversations), in the
+ledger's database file and through the ledger's single writer, so that a charge and
+the thing it paid for can commit in one transaction.
+
+Its schema has its own numbered migrations, tracked in `app_schema` (the ledger owns
+`PRAGMA user_version`). All the SQL of these tables lives in this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiosqlite
+
+from ledger.store import Store, split_statements
+
+APP_MIGRATIONS: list[str] = [
+    # 1: agents with their avatar; documents, chunks and conversations for chat.
+    """
+    CREATE TABLE agents (
+        id            INTEGER PRIMARY KEY,
+        account_id    TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        name_key      TEXT NOT NULL,  -- casefolded: names are unique per account, any case
+        prompt        TEXT NOT NULL,
+        creator_id    TEXT NOT NULL,
+        avatar_path   TEXT,
+        avatar_source TEXT CHECK (avatar_source IN ('generated', 'uploaded')),
+        avatar_version INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        UNIQUE (account_id, name_key)
+    );
+    CREATE TABLE documents (
+        id          INTEGER PRIMARY KEY,
+        agent_id    INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        pages       INTEGER NOT NULL,
+        chunks      INTEGER NOT NULL,
+        tokens      INTEGER NOT NULL,
+        uploader_id TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX documents_agent ON documents(agent_id);
+    CREATE TABLE chunks (
+        id          INTEGER PRIMARY KEY,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        agent_id    INTEGER NOT NULL,
+        idx         INTEGER NOT NULL,
+        page        INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        embedding   BLOB NOT NULL  -- float32, little-endian
+    );
+    CREATE INDEX chunks_agent ON chunks(agent_id);
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE TABLE conversations (
+        id          INTEGER PRIMARY KEY,
+        thread_key  TEXT NOT NULL UNIQUE,  -- a Discord thread id, or a console session
+        agent_id    INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        account_id  TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE turns (
+        id              INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content         TEXT NOT NULL,
+        tokens          INTEGER NOT NULL,
+        created_at      TEXT NOT NULL
+    );
+    CREATE INDEX turns_conversation ON turns(conversation_id, id);
+    """,
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: int
+    account_id: str
+    name: str
+    prompt: str
+    creator_id: str
+    avatar_path: str | None
+    avatar_source: str | None
+    avatar_version: int
+    created_at: str
+
+
+def _agent(row: aiosqlite.Row) -> Agent:
+    return Agent(
+        row["id"],
+        row["account_id"],
+        row["name"],
+        row["prompt"],
+        row["creator_id"],
+        row["avatar_path"],
+        row["avatar_source"],
+        row["avatar_version"],
+        row["created_at"],
+    )
+
+
+def name_key(name: str) -> str:
+    return name.casefold()
+
+
+class Repository:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def migrate(self) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)")
+            rows = await conn.execute_fetchall("SELECT MAX(version) FROM app_schema")
+            version = rows[0][0] or 0
+            for number, script in enumerate(APP_MIGRATIONS[version:], start=version + 1):
+                for statement in split_statements(script):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO app_schema (version) VALUES (?)", (number,))
+
+        await self.store.write(op)
+
+    # ---- agents ---------------------------------------------------------------------
+
+    async def count_agents_in(self, conn: aiosqlite.Connection, account_id: str) -> int:
+        rows = await conn.execute_fetchall(
+            "SELECT COUNT(*) FROM agents WHERE account_id = ?", (account_id,)
+        )
+        return int(rows[0][0])
+
+    async def agent_named_in(
+        self, conn: aiosqlite.Connection, account_id: str, name: str
+    ) -> Agent | None:
+        rows = await conn.execute_fetchall(
+            "SELECT * FROM agents WHERE account_id = ? AND name_key = ?",
+            (account_id, name_key(name)),
+        )
+        return _agent(rows[0]) if rows else None
+
+    async def insert_agent_in(
+        self, conn: aiosqlite.Connection, account_id: str, name: str, prompt: str, creator_id: str
+    ) -> Agent:
+        now = _now()
+        rows = await conn.execute_fetchall(
+            "INSERT INTO agents (account_id, name, name_key, prompt, creator_id, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (account_id, name, name_key(name), prompt, creator_id, now, now),
+        )
+        return _agent(rows[0])
+
+    async def agent(self, account_id: str, name: str) -> Agent | None:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT * FROM agents WHERE account_id = ? AND name_key = ?",
+            (account_id, name_key(name)),
+        )
+        return _agent(rows[0]) if rows else None
+
+    async def agent_by_id(self, agent_id: int) -> Agent | None:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT * FROM agents WHERE id = ?", (agent_id,)
+        )
+        return _agent(rows[0]) if rows else None
+
+    async def agents(self, account_id: str, prefix: str = "", limit: int = 100) -> list[Agent]:
+        escaped = prefix.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT * FROM agents WHERE account_id = ? AND name_key LIKE ? ESCAPE '\\'"
+            " ORDER BY name_key LIMIT ?",
+            (account_id, f"%{escaped}%", limit),
+        )
+        return [_agent(r) for r in rows]
+
+    async def update_prompt(self, agent_id: int, prompt: str) -> None:
+        await self.store.write(
+            lambda conn: conn.execute(
+                "UPDATE agents SET prompt = ?, updated_at = ? WHERE id = ?",
+                (prompt, _now(), agent_id),
+            )
+        )
+
+    async def delete_agent(self, agent_id: int) -> None:
+        await self.store.write(
+            lambda conn: conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        )
+
+    async def set_avatar_in(
+        self, conn: aiosqlite.Connection, agent_id: int, path: str, source: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE agents SET avatar_path = ?, avatar_source = ?,"
+            " avatar_version = avatar_version + 1, updated_at = ? WHERE id = ?",
+            (path, source, _now(), agent_id),
+        )
+
+    async def avatar_paths(self) -> set[str]:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT avatar_path FROM agents WHERE avatar_path IS NOT NULL"
+        )
+        return {r[0] for r in rows}

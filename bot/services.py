@@ -1,0 +1,74 @@
+"""The application's services, built once per process from the configuration and shared
+by every front end (the Discord bot, the console, the tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.agents import AgentService
+from bot.ai import AIGateway
+from bot.avatars import AvatarService
+from bot.balances import BalanceService
+from bot.config import Config
+from bot.metering import Meter
+from bot.repository import Repository
+from ledger import Clock, Ledger
+
+
+@dataclass
+class Services:
+    config: Config
+    ledger: Ledger
+    repo: Repository
+    ai: AIGateway
+    meter: Meter
+    agents: AgentService
+    avatars: AvatarService
+    balances: BalanceService
+
+    @classmethod
+    async def open(
+        cls,
+        config: Config,
+        *,
+        ai: AIGateway | None = None,
+        clock: Clock | None = None,
+        kind: str = "bot",
+    ) -> Services:
+        ledger = await Ledger.open(
+            config.storage.database,
+            config.plans.as_ledger_plans(),
+            clock=clock,
+            hold_ttl_seconds=config.limits.hold_ttl_seconds,
+            lease_seconds=config.limits.hold_lease_seconds,
+            kind=kind,
+        )
+        try:
+            repo = Repository(ledger.store)
+            await repo.migrate()
+            # Holds left by a process that died are released before we take new work.
+            await ledger.sweep()
+        except BaseException:
+            await ledger.close()
+            raise
+        key = config.secrets.openai_api_key
+        gateway = ai or AIGateway(config.openai, key.get_secret_value() if key else None)
+        meter = Meter(ledger, config.costs)
+        agents = AgentService(config, ledger, repo)
+        return cls(
+            config=config,
+            ledger=ledger,
+            repo=repo,
+            ai=gateway,
+            meter=meter,
+            agents=agents,
+            avatars=AvatarService(config, ledger, repo, agents, gateway, meter),
+            balances=BalanceService(config, ledger),
+        )
+
+    async def close(self) -> None:
+        try:
+            await self.meter.drain()
+            await self.ai.close()
+        finally:
+            await self.ledger.close()

@@ -1,0 +1,87 @@
+"""/avatar: generate an agent's avatar with the image API (metered) or upload one (free)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.avatars import STYLE_MAX, AvatarResult
+from bot.errors import InvalidInput
+from bot.front import COLOR_OK, actor_of, reply
+from cogs.agents import AgentsCog
+
+MB = 1_048_576
+
+
+def _result_embed(title: str, result: AvatarResult) -> tuple[discord.Embed, discord.File]:
+    if result.charged:
+        text = f"Used {result.charged:,} tokens. {result.available:,} remaining."
+    else:
+        text = f"No tokens used. {result.available:,} remaining."
+    embed = discord.Embed(
+        title=title, description=f"**{result.agent.name}**\n{text}", color=COLOR_OK
+    )
+    embed.set_image(url="attachment://avatar.png")
+    return embed, discord.File(result.path, filename="avatar.png")
+
+
+class AvatarsCog(commands.Cog):
+    avatar = app_commands.Group(name="avatar", description="Give an agent a face")
+
+    def __init__(self, bot: Any) -> None:
+        self.bot = bot
+
+    @property
+    def services(self) -> Any:
+        return self.bot.services
+
+    async def agent_names(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await AgentsCog.agent_names(self, interaction, current)  # type: ignore[arg-type]
+
+    @avatar.command(name="generate", description="Generate an avatar with AI (5,000 tokens)")
+    @app_commands.describe(agent="The agent", style="Optional: a style, e.g. watercolor, pixel art")
+    @app_commands.autocomplete(agent=agent_names)
+    async def generate(
+        self,
+        interaction: discord.Interaction,
+        agent: str,
+        style: app_commands.Range[str, 0, STYLE_MAX] | None = None,
+    ) -> None:
+        interaction.extras["operation"] = "Avatar generation"
+        actor = actor_of(interaction)
+        await self.services.agents.get_editable(actor, agent)
+        await self.services.avatars.precheck(actor)
+        await interaction.response.defer(thinking=True)
+        result = await self.services.avatars.generate(actor, agent, style)
+        embed, file = _result_embed("✅ Avatar generated successfully!", result)
+        await reply(interaction, embed=embed, file=file)
+
+    @avatar.command(
+        name="upload", description="Upload an avatar image (free): PNG, JPEG, WEBP or GIF"
+    )
+    @app_commands.describe(agent="The agent", image="The picture, up to 8 MB")
+    @app_commands.autocomplete(agent=agent_names)
+    async def upload(
+        self, interaction: discord.Interaction, agent: str, image: discord.Attachment
+    ) -> None:
+        actor = actor_of(interaction)
+        await self.services.agents.get_editable(actor, agent)
+        limit = self.services.config.limits.max_avatar_bytes
+        if image.size > limit:
+            raise InvalidInput(
+                f"That image is {image.size / MB:.1f} MB; "
+                f"avatars can be at most {limit / MB:.0f} MB."
+            )
+        await interaction.response.defer(thinking=True)
+        result = await self.services.avatars.upload(actor, agent, await image.read())
+        embed, file = _result_embed("✅ Avatar uploaded!", result)
+        await reply(interaction, embed=embed, file=file)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(AvatarsCog(bot))

@@ -1,0 +1,78 @@
+"""/tokens and /upgrade: the account's balance, and the way to Pro."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.balances import TokenView
+from bot.front import COLOR_OK, actor_of, reply, upgrade_view
+
+OPERATION_LABELS = {
+    "avatar_generation": "Avatar generation",
+    "chat": "Chat",
+    "document_upload": "Documents",
+}
+
+
+def usage_bar(fraction: float, width: int = 20) -> str:
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled) + f" {fraction:.0%}"
+
+
+def tokens_embed(view: TokenView) -> discord.Embed:
+    b = view.balance
+    embed = discord.Embed(title=f"Tokens: {b.plan_type.capitalize()} plan", color=COLOR_OK)
+    embed.description = usage_bar(view.used_fraction)
+    embed.add_field(name="Used", value=f"{b.tokens_used:,} / {b.tokens_limit:,}")
+    embed.add_field(name="Bonus", value=f"{b.bonus_tokens:,}")
+    embed.add_field(name="Remaining", value=f"{b.available:,}")
+    if b.tokens_held:
+        embed.add_field(name="In progress", value=f"{b.tokens_held:,}")
+    stamp = int(b.period_end.timestamp())
+    embed.add_field(name="Resets", value=f"<t:{stamp}:D> (<t:{stamp}:R>)")
+    if view.usage:
+        lines = [f"{OPERATION_LABELS.get(op, op)}: {n:,}" for op, n in view.usage.items()]
+        embed.add_field(name="This period", value="\n".join(lines), inline=False)
+    if b.plan_type != "pro":
+        embed.set_footer(
+            text=f"Pro: 10M tokens a month and unlimited agents, {view.price_label}. /upgrade"
+        )
+    return embed
+
+
+class TokensCog(commands.Cog):
+    def __init__(self, bot: Any) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="tokens", description="This server's token balance (yours in DMs)")
+    async def tokens(self, interaction: discord.Interaction) -> None:
+        view = await self.bot.services.balances.view(actor_of(interaction).account_id)
+        await reply(interaction, embed=tokens_embed(view), ephemeral=True)
+
+    @app_commands.command(
+        name="upgrade", description="Upgrade this server (or yourself, in DMs) to Pro"
+    )
+    async def upgrade(self, interaction: discord.Interaction) -> None:
+        actor = actor_of(interaction)
+        config = self.bot.services.config
+        free, pro = config.plans.free, config.plans.pro
+        embed = discord.Embed(title="Plans", color=COLOR_OK)
+        embed.add_field(
+            name="Free", value=f"{free.monthly_tokens:,} tokens a month, {free.max_agents} agents"
+        )
+        embed.add_field(
+            name=f"Pro ({pro.price_label})",
+            value=f"{pro.monthly_tokens:,} tokens a month, unlimited agents",
+        )
+        url = self.bot.upgrade_url(actor.account_id)
+        if url is None:
+            embed.set_footer(text="Checkout is not configured yet; ask the bot's operator.")
+        await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(TokensCog(bot))
