@@ -203,3 +203,141 @@ class Repository:
             "SELECT avatar_path FROM agents WHERE avatar_path IS NOT NULL"
         )
         return {r[0] for r in rows}
+
+    # ---- documents and chunks -------------------------------------------------------
+
+    async def insert_document_in(
+        self,
+        conn: aiosqlite.Connection,
+        agent_id: int,
+        name: str,
+        kind: str,
+        pages: int,
+        tokens: int,
+        uploader_id: str,
+        chunks: list[tuple[int, int, str, bytes]],  # (index, page, text, float32 embedding)
+    ) -> int:
+        rows = await conn.execute_fetchall(
+            "INSERT INTO documents (agent_id, name, kind, pages, chunks, tokens, uploader_id,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (agent_id, name, kind, pages, len(chunks), tokens, uploader_id, _now()),
+        )
+        document_id = int(rows[0][0])
+        await conn.executemany(
+            "INSERT INTO chunks (document_id, agent_id, idx, page, text, embedding)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(document_id, agent_id, i, page, text, vector) for i, page, text, vector in chunks],
+        )
+        return document_id
+
+    async def documents(self, agent_id: int) -> list[Document]:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT * FROM documents WHERE agent_id = ? ORDER BY id", (agent_id,)
+        )
+        return [Document(**dict(r)) for r in rows]
+
+    async def delete_document(self, agent_id: int, document_id: int) -> None:
+        await self.store.write(
+            lambda conn: conn.execute(
+                "DELETE FROM documents WHERE id = ? AND agent_id = ?", (document_id, agent_id)
+            )
+        )
+
+    async def chunk_count(self, account_id: str) -> int:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COUNT(*) FROM chunks c JOIN agents a ON a.id = c.agent_id"
+            " WHERE a.account_id = ?",
+            (account_id,),
+        )
+        return int(rows[0][0])
+
+    async def documents_version(self, agent_id: int) -> tuple[int, int]:
+        """Changes whenever the agent's documents do: the retrieval cache's key."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM documents WHERE agent_id = ?", (agent_id,)
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def chunk_vectors(self, agent_id: int) -> list[tuple[int, bytes]]:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT id, embedding FROM chunks WHERE agent_id = ? ORDER BY id", (agent_id,)
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    async def chunk_texts(self, chunk_ids: list[int]) -> dict[int, tuple[str, int, str]]:
+        """id -> (text, page, document name)."""
+        if not chunk_ids:
+            return {}
+        marks = ", ".join("?" * len(chunk_ids))
+        rows = await self.store.reader.execute_fetchall(
+            f"SELECT c.id, c.text, c.page, d.name FROM chunks c JOIN documents d"
+            f" ON d.id = c.document_id WHERE c.id IN ({marks})",
+            chunk_ids,
+        )
+        return {int(r[0]): (r[1], int(r[2]), r[3]) for r in rows}
+
+    # ---- conversations --------------------------------------------------------------
+
+    async def conversation(self, thread_key: str) -> Conversation | None:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT id, thread_key, agent_id, account_id FROM conversations WHERE thread_key = ?",
+            (thread_key,),
+        )
+        return Conversation(*rows[0]) if rows else None
+
+    async def open_conversation_in(
+        self, conn: aiosqlite.Connection, thread_key: str, agent_id: int, account_id: str
+    ) -> int:
+        rows = await conn.execute_fetchall(
+            "INSERT INTO conversations (thread_key, agent_id, account_id, created_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (thread_key) DO UPDATE SET thread_key = thread_key"
+            " RETURNING id",
+            (thread_key, agent_id, account_id, _now()),
+        )
+        return int(rows[0][0])
+
+    async def recent_turns(self, conversation_id: int, limit: int = 50) -> list[Turn]:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT role, content, tokens FROM turns WHERE conversation_id = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (conversation_id, limit),
+        )
+        return [Turn(*r) for r in reversed(rows)]
+
+    async def add_turns_in(
+        self, conn: aiosqlite.Connection, conversation_id: int, turns: list[Turn]
+    ) -> None:
+        now = _now()
+        await conn.executemany(
+            "INSERT INTO turns (conversation_id, role, content, tokens, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(conversation_id, t.role, t.content, t.tokens, now) for t in turns],
+        )
+
+
+@dataclass(frozen=True)
+class Document:
+    id: int
+    agent_id: int
+    name: str
+    kind: str
+    pages: int
+    chunks: int
+    tokens: int
+    uploader_id: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    thread_key: str
+    agent_id: int
+    account_id: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+    tokens: int

@@ -9,9 +9,12 @@ from bot.agents import AgentService
 from bot.ai import AIGateway
 from bot.avatars import AvatarService
 from bot.balances import BalanceService
+from bot.chat import ChatService
 from bot.config import Config
+from bot.documents import DocumentService
 from bot.metering import Meter
 from bot.repository import Repository
+from bot.retrieval import Retriever
 from ledger import Clock, Ledger
 
 
@@ -25,6 +28,9 @@ class Services:
     agents: AgentService
     avatars: AvatarService
     balances: BalanceService
+    retriever: Retriever
+    documents: DocumentService
+    chat: ChatService
 
     @classmethod
     async def open(
@@ -55,6 +61,7 @@ class Services:
         gateway = ai or AIGateway(config.openai, key.get_secret_value() if key else None)
         meter = Meter(ledger, config.costs)
         agents = AgentService(config, ledger, repo)
+        retriever = Retriever(repo)
         return cls(
             config=config,
             ledger=ledger,
@@ -64,6 +71,9 @@ class Services:
             agents=agents,
             avatars=AvatarService(config, ledger, repo, agents, gateway, meter),
             balances=BalanceService(config, ledger),
+            retriever=retriever,
+            documents=DocumentService(config, repo, agents, gateway, meter, retriever),
+            chat=ChatService(config, repo, agents, gateway, meter, retriever),
         )
 
     async def close(self) -> None:

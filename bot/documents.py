@@ -1,0 +1,208 @@
+"""Documents: upload (extract, chunk, embed, store), list and remove.
+
+Promises: the type is decided by the content; every refusal happens before any API call
+and charges nothing; the estimate is held before the first embedding request; the charge
+is the embedding API's own reported tokens; the document and its chunks are stored in
+the same transaction as the charge, so a failure at any step leaves no document, no
+chunk and no charge. Extraction runs in a thread: a large PDF never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiosqlite
+import numpy as np
+
+from bot.agents import AgentService
+from bot.ai import AIGateway
+from bot.chunking import Chunk, chunk
+from bot.config import Config
+from bot.errors import InvalidInput, NotFound
+from bot.extract import Extracted, extract
+from bot.metering import Actor, Meter
+from bot.repository import Document, Repository
+from bot.retrieval import Retriever, to_blob
+
+log = logging.getLogger(__name__)
+
+# One embeddings request carries at most this many chunks and estimated tokens (the
+# API accepts 2,048 inputs and 300,000 tokens; staying well under keeps a retry cheap).
+BATCH_CHUNKS = 256
+BATCH_TOKENS = 100_000
+# The hold covers the estimate plus a margin: our estimate is not the API's tokenizer.
+ESTIMATE_MARGIN = 1.15
+NAME_MAX = 100
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    document: Document
+    charged: int
+    available: int
+    batches: int
+
+
+def batches(chunks: list[Chunk]) -> list[list[Chunk]]:
+    out: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    tokens = 0
+    for c in chunks:
+        if current and (len(current) >= BATCH_CHUNKS or tokens + c.token_estimate > BATCH_TOKENS):
+            out.append(current)
+            current, tokens = [], 0
+        current.append(c)
+        tokens += c.token_estimate
+    if current:
+        out.append(current)
+    return out
+
+
+def clean_name(filename: str) -> str:
+    name = " ".join(filename.replace("\\", "/").rsplit("/", 1)[-1].split())
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in "`*_~|<>@")
+    return name[:NAME_MAX] or "document"
+
+
+class DocumentService:
+    def __init__(
+        self,
+        config: Config,
+        repo: Repository,
+        agents: AgentService,
+        ai: AIGateway,
+        meter: Meter,
+        retriever: Retriever,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.agents = agents
+        self.ai = ai
+        self.meter = meter
+        self.retriever = retriever
+
+    def estimate(self, chunks: list[Chunk]) -> int:
+        return math.ceil(sum(c.token_estimate for c in chunks) * ESTIMATE_MARGIN) + 8
+
+    async def upload(
+        self,
+        actor: Actor,
+        agent_name: str,
+        filename: str,
+        data: bytes,
+        progress: Progress | None = None,
+    ) -> UploadResult:
+        agent = await self.agents.get_editable(actor, agent_name)
+        limits = self.config.limits
+        report = progress or _quiet
+        loop = asyncio.get_running_loop()
+        last_page = [-1.0]
+
+        def page_done(index: int, count: int) -> None:
+            # Called from the extraction thread; at most a few updates a second.
+            now = loop.time()
+            if now - last_page[0] >= 1.0 or index + 1 == count:
+                last_page[0] = now
+                loop.call_soon_threadsafe(
+                    _fire, loop, report(f"Extracting text: page {index + 1} of {count}…")
+                )
+
+        extracted: Extracted = await asyncio.to_thread(
+            extract,
+            data,
+            filename=filename,
+            max_bytes=limits.max_document_bytes,
+            max_pages=limits.max_document_pages,
+            progress=page_done,
+        )
+        chunks = await asyncio.to_thread(chunk, extracted.pages)
+        if not chunks:
+            raise InvalidInput("That file has no text to learn from.")
+        stored = await self.repo.chunk_count(actor.account_id)
+        if stored + len(chunks) > limits.max_chunks_per_account:
+            raise InvalidInput(
+                f"This document has {len(chunks):,} chunks; the account holds {stored:,} of its "
+                f"{limits.max_chunks_per_account:,}. Remove some documents first."
+            )
+        groups = batches(chunks)
+        model = self.config.openai.embedding_model
+        name = clean_name(filename)
+
+        async def call() -> tuple[np.ndarray, int]:
+            vectors: list[np.ndarray] = []
+            tokens = 0
+            for number, group in enumerate(groups, start=1):
+                await report(f"Embedding: batch {number} of {len(groups)}…")
+                result = await self.ai.embed([c.text for c in group])
+                vectors.append(result.vectors)
+                tokens += result.total_tokens
+            return np.vstack(vectors).astype(np.float32), tokens
+
+        document_ids: list[int] = []
+
+        async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
+            vectors, tokens = result
+            rows = [
+                (c.index, c.page, c.text, to_blob(v)) for c, v in zip(chunks, vectors, strict=True)
+            ]
+            document_ids.append(
+                await self.repo.insert_document_in(
+                    conn,
+                    agent.id,
+                    name,
+                    extracted.kind,
+                    extracted.page_count,
+                    self.meter.weighted(model, tokens),
+                    str(actor.user_id),
+                    rows,
+                )
+            )
+
+        metered = await self.meter.run(
+            actor,
+            "document_upload",
+            self.estimate(chunks),
+            model,
+            call,
+            cost=lambda result: self.meter.weighted(model, result[1]),
+            store=store,
+        )
+        self.retriever.invalidate(agent.id)
+        documents = {d.id: d for d in await self.repo.documents(agent.id)}
+        return UploadResult(
+            documents[document_ids[0]], metered.charged, metered.available, len(groups)
+        )
+
+    async def list(self, actor: Actor, agent_name: str) -> list[Document]:
+        agent = await self.agents.get(actor, agent_name)
+        return await self.repo.documents(agent.id)
+
+    async def remove(self, actor: Actor, agent_name: str, document: str) -> Document:
+        agent = await self.agents.get_editable(actor, agent_name)
+        documents = await self.repo.documents(agent.id)
+        wanted = document.strip()
+        match = [
+            d for d in documents if str(d.id) == wanted or d.name.casefold() == wanted.casefold()
+        ]
+        if not match:
+            raise NotFound(
+                f"{agent.name} has no document {wanted[:NAME_MAX]}. `/docs list` shows them."
+            )
+        await self.repo.delete_document(agent.id, match[0].id)
+        self.retriever.invalidate(agent.id)
+        return match[0]
+
+
+def _fire(loop: asyncio.AbstractEventLoop, update: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(update, loop=loop)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # progress is best effort
+
+
+async def _quiet(_: str) -> None:
+    return None

@@ -1,0 +1,99 @@
+"""Top-k retrieval over an agent's chunks by cosine similarity.
+
+Embeddings are stored as float32 and loaded once per agent into one row-normalised
+matrix, so a query is a single matrix-vector product. The cache is keyed by the agent's
+documents version (count and newest id), read on every query: an upload or a removal,
+in this process or another, invalidates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.repository import Repository
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: int
+    document: str
+    page: int
+    text: str
+    score: float
+
+
+@dataclass
+class _Matrix:
+    version: tuple[int, int]
+    ids: np.ndarray
+    vectors: np.ndarray  # (n, d) float32, rows of unit length
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+def top_indices(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the k rows most similar to `query`, best first."""
+    scores = matrix @ normalise(query.astype(np.float32))
+    k = min(k, len(scores))
+    if k == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    best = np.argpartition(-scores, k - 1)[:k]
+    order = best[np.argsort(-scores[best])]
+    return order, scores[order]
+
+
+class Retriever:
+    def __init__(self, repo: Repository, max_cached_agents: int = 64) -> None:
+        self.repo = repo
+        self.max_cached = max_cached_agents
+        self._cache: dict[int, _Matrix] = {}
+
+    def invalidate(self, agent_id: int) -> None:
+        self._cache.pop(agent_id, None)
+
+    async def has_chunks(self, agent_id: int) -> bool:
+        return (await self.repo.documents_version(agent_id))[0] > 0
+
+    async def _matrix(self, agent_id: int) -> _Matrix:
+        version = await self.repo.documents_version(agent_id)
+        cached = self._cache.get(agent_id)
+        if cached is not None and cached.version == version:
+            return cached
+        rows = await self.repo.chunk_vectors(agent_id)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        if rows:
+            raw = b"".join(r[1] for r in rows)
+            vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), -1)
+            vectors = await asyncio.to_thread(normalise, vectors)
+        else:
+            vectors = np.empty((0, 0), dtype=np.float32)
+        matrix = _Matrix(version, ids, vectors.astype(np.float32, copy=False))
+        if len(self._cache) >= self.max_cached:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[agent_id] = matrix
+        return matrix
+
+    async def top_k(self, agent_id: int, query: np.ndarray, k: int = 5) -> list[Hit]:
+        matrix = await self._matrix(agent_id)
+        if len(matrix.ids) == 0:
+            return []
+        if matrix.vectors.shape[1] != query.shape[-1]:
+            return []  # stored with another embedding model: nothing comparable
+        order, scores = top_indices(matrix.vectors, query, k)
+        chosen = [int(matrix.ids[i]) for i in order]
+        texts = await self.repo.chunk_texts(chosen)
+        return [
+            Hit(cid, texts[cid][2], texts[cid][1], texts[cid][0], float(score))
+            for cid, score in zip(chosen, scores, strict=True)
+            if cid in texts
+        ]
