@@ -104,6 +104,36 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     return run_bot(config)
 
 
+def _check(config: Config, args: argparse.Namespace) -> int:
+    """Validate the configuration and the database; print the invite URL."""
+    from bot.app import application_id_from_token, invite_url
+
+    print(f"configuration: ok ({args.config or 'config.toml'})")
+
+    async def database() -> list[str]:
+        async with await open_ledger(config, "cli") as ledger:
+            return [str(v) for v in await ledger.verify()]
+
+    violations = asyncio.run(database())
+    print(f"database: {config.storage.database} ({'ok' if not violations else 'VIOLATIONS'})")
+    for violation in violations:
+        print(f"  {violation}")
+    for name in (
+        "discord_token",
+        "openai_api_key",
+        "lemonsqueezy_api_key",
+        "lemonsqueezy_webhook_secret",
+    ):
+        present = getattr(config.secrets, name) is not None
+        print(f"{name.upper()}: {'set' if present else 'not set'}")
+    token = config.secrets.discord_token
+    app_id = application_id_from_token(token.get_secret_value()) if token else None
+    print(f"invite URL: {invite_url(app_id or 'YOUR_APPLICATION_ID')}")
+    if app_id is None:
+        print("  (set DISCORD_TOKEN to fill in your application id)")
+    return 1 if violations else 0
+
+
 def _console(config: Config, args: argparse.Namespace) -> int:
     from bot.console import main as console_main
 
@@ -212,6 +242,6 @@ COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "run": _run,
     "webhooks": _not_built("webhooks"),
     "console": _console,
-    "check": _not_built("check"),
+    "check": _check,
     "ledger": _ledger,
 }
