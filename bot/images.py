@@ -159,7 +159,10 @@ def _to_png(image: Image.Image) -> bytes:
         # A GIF frame may extend the canvas while loading; check the real size again.
         _check_dimensions(image.size)
         # Phones store rotation in EXIF; apply it now because the EXIF is dropped below.
-        upright = ImageOps.exif_transpose(image)
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:
+            upright = image  # a broken EXIF block must not cost the member their picture
         mode = "RGBA" if _has_alpha(upright) else "RGB"
         converted = upright.convert(mode)
         square = ImageOps.fit(
