@@ -1,0 +1,273 @@
+"""Document text extraction: PDF, plain text and Markdown, from untrusted bytes.
+
+Promises:
+- The type is decided by the content: `%PDF-` near the start means PDF (read with
+  pypdf); anything else must decode as text. The file name is used only to tell
+  Markdown from plain text, never to accept a type.
+- Text is decoded as UTF-8 (a BOM is removed), else UTF-32/UTF-16 when a BOM says so,
+  else cp1252/Latin-1 when the bytes look like text (almost no control characters).
+- Every refusal is an `InvalidInput` with a sentence a member understands: empty, over
+  the byte limit, not a supported type (images, archives, other binaries), a
+  password-protected PDF, a damaged PDF, too many pages, no text (a PDF with pages but
+  no text is said to look scanned: OCR is not supported).
+- `Extracted.pages` holds one string per PDF page; a text or Markdown file is a single
+  page (`page_count == 1`), so its chunks all cite page 1.
+- `progress(page_index, page_count)` is called after each page (0-based index) so a
+  caller can show "page n of m"; it runs on the extracting thread.
+
+`extract` is pure, blocking and CPU-bound: async callers run it with
+`await asyncio.to_thread(extract, data, ...)`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pypdf import PdfReader
+
+from bot.errors import InvalidInput
+
+__all__ = ["MARKDOWN_SUFFIXES", "Extracted", "Kind", "Progress", "extract"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["pdf", "text", "markdown"]
+Progress = Callable[[int, int], None]
+
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdown", ".mkd", ".mkdn")
+ACCEPTED = "a PDF, a plain-text (.txt) or a Markdown (.md) file"
+# Real text has tabs and newlines but almost no other control characters; binary data
+# decoded as Latin-1 is full of them. 1% tolerates a stray form feed or escape code.
+MAX_CONTROL_RATIO = 0.01
+# Some generators put junk before the header; readers accept it within the first 1 KB.
+PDF_HEADER_WINDOW = 1024
+
+_MB = 1024 * 1024
+# C0 controls except tab, newline, carriage return and form feed, plus DEL; then C1
+# controls, which decoded text only contains when bytes were misread.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\x80-\x9f]")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    kind: Kind
+    pages: list[str]
+    page_count: int
+
+
+def extract(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pages: int,
+    filename: str | None = None,
+    progress: Progress | None = None,
+) -> Extracted:
+    """Read the text of a PDF, text or Markdown file; raise `InvalidInput` to refuse it.
+
+    `filename` only chooses "markdown" over "text"; the content decides everything else.
+    Blocking: call it through `asyncio.to_thread`.
+    """
+    if not data:
+        raise InvalidInput(f"That file is empty. Please upload {ACCEPTED}.")
+    if len(data) > max_bytes:
+        limit = _size(max_bytes)
+        raise InvalidInput(f"That file is larger than {limit}; documents can be at most {limit}.")
+    start = _pdf_start(data)
+    if start is not None:
+        return _extract_pdf(data[start:], max_pages=max_pages, progress=progress)
+    text = _decode_text(data)
+    if not text.strip():
+        raise InvalidInput("That file has no text in it.")
+    if progress is not None:
+        progress(0, 1)
+    kind: Kind = "markdown" if _is_markdown(filename) else "text"
+    return Extracted(kind, [text], 1)
+
+
+# --- PDF ----------------------------------------------------------------------------
+
+
+def _pdf_start(data: bytes) -> int | None:
+    index = data.find(b"%PDF-", 0, PDF_HEADER_WINDOW)
+    if index < 0:
+        return None
+    # A text file that merely mentions "%PDF-" on its first lines is still text: junk
+    # before a real header is binary, so a printable prefix means this is not a PDF.
+    prefix = data[:index]
+    if index > 0 and prefix.strip() and _control_ratio(prefix.decode("latin-1")) == 0:
+        return None
+    return index
+
+
+def _extract_pdf(data: bytes, *, max_pages: int, progress: Progress | None) -> Extracted:
+    # pypdf raises PdfReadError and its subclasses on most damage, but on hostile or
+    # truncated input it also raises ValueError, KeyError, TypeError, AssertionError,
+    # RecursionError, zlib.error... Every one of them means "this PDF cannot be read",
+    # so the broad excepts below are deliberate; the detail goes to the log only.
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        encrypted = reader.is_encrypted
+    except Exception as error:
+        log.info("unreadable PDF: %r", error)
+        raise InvalidInput(_DAMAGED_PDF) from None
+    if encrypted:
+        _unlock(reader)
+    try:
+        count = len(reader.pages)
+    except Exception as error:
+        log.info("PDF page tree unreadable: %r", error)
+        raise InvalidInput(_DAMAGED_PDF) from None
+    if count == 0:
+        raise InvalidInput("That PDF has no pages.")
+    if count > max_pages:
+        raise InvalidInput(
+            f"That PDF has {count:,} pages; documents can have at most {max_pages:,} pages. "
+            "Please split it into smaller files."
+        )
+
+    pages: list[str] = []
+    failed = 0
+    for index in range(count):
+        try:
+            raw = reader.pages[index].extract_text() or ""
+        except Exception as error:
+            # One broken page should not lose the other 299: it counts as empty.
+            log.info("PDF page %d unreadable: %r", index + 1, error)
+            raw, failed = "", failed + 1
+        pages.append(_clean(raw))
+        if progress is not None:
+            progress(index, count)
+
+    if failed == count:
+        raise InvalidInput(_DAMAGED_PDF)
+    if not any(page.strip() for page in pages):
+        noun = "page" if count == 1 else "pages"
+        raise InvalidInput(
+            f"No text could be found in that PDF's {count:,} {noun}: it looks scanned "
+            "(its pages are images only). Text recognition (OCR) is not supported; please "
+            "upload a PDF with selectable text, or a .txt file."
+        )
+    return Extracted("pdf", pages, count)
+
+
+def _unlock(reader: PdfReader) -> None:
+    """Open a PDF encrypted only against editing (empty user password), else refuse."""
+    try:
+        unlocked = bool(reader.decrypt(""))
+    except Exception as error:
+        # Includes pypdf's DependencyError for AES when no crypto library is installed.
+        log.info("PDF decryption failed: %r", error)
+        unlocked = False
+    if not unlocked:
+        raise InvalidInput(
+            "That PDF is password-protected, so its text cannot be read. Please remove "
+            "the password (for example by printing it to a new PDF) and upload it again."
+        )
+
+
+_DAMAGED_PDF = (
+    "That PDF is damaged or incomplete and could not be read. "
+    "Please save or export it again and upload it once more."
+)
+
+
+# --- Text ---------------------------------------------------------------------------
+
+# (BOM, codec), longest first: the UTF-32 LE BOM starts with the UTF-16 LE one.
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+# Binary types members commonly try, named in the refusal.
+_KNOWN_BINARIES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG", "an image"),
+    (b"\xff\xd8\xff", "an image"),
+    (b"GIF8", "an image"),
+    (b"BM", "an image"),
+    (b"II*\x00", "an image"),
+    (b"MM\x00*", "an image"),
+    (b"PK\x03\x04", "a ZIP archive (or a Word, Excel or PowerPoint file)"),
+    (b"\xd0\xcf\x11\xe0", "an old Office document"),
+    (b"\x1f\x8b", "a compressed (gzip) file"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x7fELF", "a program"),
+    (b"MZ", "a program"),
+)
+
+
+def _decode_text(data: bytes) -> str:
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                raise InvalidInput(_unsupported(data)) from None
+            return _checked_text(text, data)
+    if b"\x00" in data:
+        # No text encoding without a BOM that we accept puts NUL bytes in text.
+        raise InvalidInput(_unsupported(data))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Legacy Windows/Western text. cp1252 leaves five bytes undefined; Latin-1
+        # decodes anything, which is why the control-character check follows.
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+    return _checked_text(text, data)
+
+
+def _checked_text(text: str, data: bytes) -> str:
+    text = text.removeprefix("\ufeff")
+    if "\x00" in text or _control_ratio(text) > MAX_CONTROL_RATIO:
+        raise InvalidInput(_unsupported(data))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _control_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    # subn counts in C without building a list of matches (binary input has millions).
+    return _CONTROL.subn("", text)[1] / len(text)
+
+
+def _clean(text: str) -> str:
+    """Remove control characters pypdf sometimes yields (NULs, stray escapes)."""
+    return _CONTROL.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _unsupported(data: bytes) -> str:
+    if data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
+        name: str | None = "an image"
+    else:
+        name = next((label for magic, label in _KNOWN_BINARIES if data.startswith(magic)), None)
+    if name is None:
+        return f"That file is not a supported document. Please upload {ACCEPTED}."
+    return f"That file is {name}, which is not supported. Please upload {ACCEPTED}."
+
+
+def _is_markdown(filename: str | None) -> bool:
+    return filename is not None and filename.strip().lower().endswith(MARKDOWN_SUFFIXES)
+
+
+def _size(n: int) -> str:
+    """A byte count as members read it: "10 MB", "1.5 MB", "500 KB"."""
+    if n >= _MB:
+        value = n / _MB
+        return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
+    if n >= 1024:
+        return f"{n // 1024} KB"
+    return f"{n} bytes"
