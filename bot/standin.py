@@ -18,7 +18,7 @@ from typing import Any
 
 import discord
 from discord import app_commands
-from discord.app_commands import AppCommandOptionType as Opt
+from discord.enums import AppCommandOptionType as Opt
 
 
 @dataclass
@@ -223,12 +223,11 @@ class StandInInteraction:
         self.transcript.add(_sent("edit", content, kwargs, self))
 
     async def answer_modal(self, modal: discord.ui.Modal) -> None:
-        """Fill the modal's fields from the answers (by field id or label) and submit it."""
+        """Fill the modal's fields from the answers (by field id) and submit it."""
         for item in modal.children:
             if isinstance(item, discord.ui.TextInput):
-                for key in (item.custom_id, str(item.label).lower()):
-                    if key in self.modal_answers:
-                        item._value = self.modal_answers[key]  # what Discord's submit sets
+                if item.custom_id in self.modal_answers:
+                    item._value = self.modal_answers[item.custom_id]  # what Discord's submit sets
         submit = StandInInteraction(
             self.client,
             self.user,
@@ -342,10 +341,14 @@ class CommandRunner:
                 continue
             raw = options[param.display_name]
             value = self._option(param.type, raw, param.display_name)
-            if param.min_value is not None and value < param.min_value:
-                raise UsageError(f"{param.display_name} must be at least {param.min_value}")
-            if param.max_value is not None and value > param.max_value:
-                raise UsageError(f"{param.display_name} must be at most {param.max_value}")
+            # Discord enforces these before the bot sees the command: for a string they
+            # bound its length, for a number its value.
+            size = len(value) if isinstance(value, str) else value
+            unit = " characters" if isinstance(value, str) else ""
+            if param.min_value is not None and size < param.min_value:
+                raise UsageError(f"{param.display_name} must be at least {param.min_value}{unit}")
+            if param.max_value is not None and size > param.max_value:
+                raise UsageError(f"{param.display_name} must be at most {param.max_value}{unit}")
             values[param.name] = await param.transform(interaction, value)  # type: ignore[arg-type]
         leftovers = set(options) - known
         if leftovers and not getattr(command, "extras", {}).get("modal"):

@@ -9,7 +9,7 @@ import pytest
 
 from ledger import Ledger, ManualClock
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fakes.openai_server"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,68 @@
+"""Fixtures for the bot's tests: real services on a temporary database, the real openai
+client against the fake server, the real cogs driven by the stand-in interaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bot.ai import AIGateway
+
+from bot.app import AgentBot
+from bot.config import Config, LemonSqueezySettings, OpenAISettings, StorageSettings
+from bot.services import Services
+from bot.standin import CommandRunner
+
+GUILD = 1000
+OWNER = 1
+MEMBER = 2
+MANAGER = 3
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, fake_openai: Any) -> Config:
+    return Config(
+        storage=StorageSettings(database=str(tmp_path / "bot.db"), data_dir=str(tmp_path / "data")),
+        openai=OpenAISettings(base_url=fake_openai.base_url, timeout_seconds=2, max_retries=0),
+        lemonsqueezy=LemonSqueezySettings(checkout_url="https://shop.example/checkout/buy/pro"),
+    )
+
+
+@pytest.fixture
+async def services(app_config: Config) -> AsyncIterator[Services]:
+    ai = AIGateway(app_config.openai, "test-key", strict=True)
+    opened = await Services.open(app_config, ai=ai)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def bot(app_config: Config, services: Services) -> AsyncIterator[AgentBot]:
+    instance = AgentBot(app_config, services)
+    await instance.load_cogs()
+    yield instance
+    # services are closed by their own fixture
+
+
+Run = Callable[..., Awaitable[list[Any]]]
+
+
+@pytest.fixture
+def as_user(bot: AgentBot) -> Callable[..., CommandRunner]:
+    def make(
+        user_id: int = OWNER, *, guild_id: int | None = GUILD, manage: bool = False
+    ) -> CommandRunner:
+        return CommandRunner(
+            bot, user_id=user_id, guild_id=guild_id, owner_id=OWNER, manage_guild=manage
+        )
+
+    return make
+
+
+@pytest.fixture
+def owner(as_user: Callable[..., CommandRunner]) -> CommandRunner:
+    return as_user(OWNER)

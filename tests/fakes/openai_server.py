@@ -1,0 +1,305 @@
+"""A fake OpenAI server on 127.0.0.1 that speaks the real HTTP API (images, chat,
+embeddings), so the real `openai` client is exercised end to end.
+
+It reports deterministic usage figures, counts and records every request, and can be
+told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
+to fail at random with a seed. Embeddings are hashed bag-of-words vectors, so texts
+that share words are close: retrieval becomes testable.
+
+As a pytest plugin it provides the `fake_openai` fixture; as a script
+(`python -m tests.fakes.openai_server --port 0`) it prints its base URL on the first
+line of standard output and serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import io
+import math
+import random
+import re
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from PIL import Image, ImageDraw
+
+ENDPOINTS = {
+    "/v1/images/generations": "images",
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+}
+FAILURES = {
+    "500",
+    "429",
+    "timeout",
+    "content_policy",
+    "moderation_blocked",
+    "malformed",
+    "missing_fields",
+}
+_WORD = re.compile(r"\w+")
+
+
+def fake_tokens(text: str) -> int:
+    """The fake's token count: about one per five characters (below the bot's estimate)."""
+    return math.ceil(len(text) / 5) + 1
+
+
+def bag_of_words(text: str, dimensions: int) -> np.ndarray:
+    vector = np.zeros(dimensions, dtype=np.float32)
+    for word in _WORD.findall(text.lower()):
+        bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        vector[bucket % dimensions] += 1.0
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        vector[0] = 1.0
+        return vector
+    return vector / norm
+
+
+def _png() -> bytes:
+    image = Image.new("RGB", (1024, 1024), (30, 40, 90))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((262, 262, 762, 762), fill=(240, 200, 60))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Recorded:
+    endpoint: str
+    body: dict[str, Any]
+    usage: dict[str, int] = field(default_factory=dict)
+    failed: str | None = None
+    at: float = 0.0
+
+
+class FakeOpenAI:
+    def __init__(self, *, dimensions: int = 1536, seed: int = 0) -> None:
+        self.dimensions = dimensions
+        self.requests: list[Recorded] = []
+        self.latency = 0.0
+        self.failure_rate = 0.0
+        self.random = random.Random(seed)
+        self.chat_answer: str | Callable[[list[dict[str, Any]]], str] = "I am a fake agent."
+        self._planned: dict[str, deque[str]] = {name: deque() for name in ENDPOINTS.values()}
+        self._numbered: dict[tuple[str, int], str] = {}
+        self._release = asyncio.Event()
+        self._png = _png()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    # ---- what tests tell it -----------------------------------------------------------
+
+    def fail_next(self, endpoint: str, kind: str, times: int = 1) -> None:
+        assert endpoint in self._planned and kind in FAILURES, (endpoint, kind)
+        self._planned[endpoint].extend([kind] * times)
+
+    def fail_request(self, endpoint: str, number: int, kind: str) -> None:
+        """Fail the `number`-th request (1-based, counted from now on) of an endpoint."""
+        assert endpoint in self._planned and kind in FAILURES, (endpoint, kind)
+        self._numbered[(endpoint, self.count(endpoint) + number)] = kind
+
+    def release(self) -> None:
+        """Let requests held by a "timeout" failure go (the client has given up by then)."""
+        self._release.set()
+
+    # ---- what tests read --------------------------------------------------------------
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for r in self.requests if r.endpoint == endpoint)
+
+    def completed(self, endpoint: str) -> list[Recorded]:
+        return [r for r in self.requests if r.endpoint == endpoint and r.failed is None]
+
+    def reported_tokens(self, endpoint: str) -> int:
+        """The total_tokens of every successful answer of an endpoint."""
+        return sum(r.usage.get("total_tokens", 0) for r in self.completed(endpoint))
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.endpoint for r in self.requests)
+
+    # ---- serving -------------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        for path in ENDPOINTS:
+            app.router.add_post(path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        bound = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{bound}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        endpoint = ENDPOINTS[request.path]
+        body = await request.json()
+        record = Recorded(endpoint, body, at=time.monotonic())
+        self.requests.append(record)
+        number = self.count(endpoint)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            failure = self._numbered.pop((endpoint, number), None)
+            if failure is None and self._planned[endpoint]:
+                failure = self._planned[endpoint].popleft()
+            if failure is None and self.failure_rate and self.random.random() < self.failure_rate:
+                failure = "500"
+            if failure is not None:
+                record.failed = failure
+                return await self._fail(failure)
+            payload = getattr(self, f"_{endpoint}")(body, record)
+            return web.json_response(payload)
+        finally:
+            self.in_flight -= 1
+
+    async def _fail(self, kind: str) -> web.StreamResponse:
+        if kind == "timeout":
+            await self._release.wait()
+            return web.json_response(
+                {"error": {"message": "late", "type": "server_error"}}, status=500
+            )
+        if kind == "malformed":
+            return web.Response(text="{this is not json", content_type="application/json")
+        if kind == "missing_fields":
+            return web.json_response({"object": "nothing useful"})
+        if kind in {"content_policy", "moderation_blocked"}:
+            code = "content_policy_violation" if kind == "content_policy" else "moderation_blocked"
+            error = {
+                "message": "Your request was rejected by the safety system.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+            return web.json_response({"error": error}, status=400)
+        status = int(kind)
+        error = {"message": "fake failure", "type": "server_error", "param": None, "code": None}
+        return web.json_response({"error": error}, status=status)
+
+    def _images(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
+        prompt_tokens = fake_tokens(str(body.get("prompt", "")))
+        usage = {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
+            "output_tokens": 1056,
+            "total_tokens": prompt_tokens + 1056,
+        }
+        record.usage = {"total_tokens": usage["total_tokens"]}
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(self._png).decode()}],
+            "output_format": "png",
+            "usage": usage,
+        }
+
+    def _chat(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
+        messages = body.get("messages", [])
+        answer = self.chat_answer(messages) if callable(self.chat_answer) else self.chat_answer
+        cap = int(body.get("max_completion_tokens") or 4096)
+        answer = answer[: max(1, (cap - 1) * 5)]
+        prompt = sum(fake_tokens(str(m.get("content", ""))) + 3 for m in messages)
+        completion = min(cap, fake_tokens(answer))
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        record.usage = dict(usage)
+        return {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                }
+            ],
+            "usage": usage,
+        }
+
+    def _embeddings(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
+        inputs = body.get("input", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = bag_of_words(str(text), self.dimensions)
+            encoded: Any = (
+                base64.b64encode(vector.astype("<f4").tobytes()).decode()
+                if as_base64
+                else vector.tolist()
+            )
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(fake_tokens(str(t)) for t in inputs)
+        record.usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", "fake"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+async def _serve(port: int, latency: float, failure_rate: float, seed: int) -> None:
+    fake = FakeOpenAI(seed=seed)
+    fake.latency = latency
+    fake.failure_rate = failure_rate
+    print(await fake.start(port), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.latency, args.failure_rate, args.seed))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
