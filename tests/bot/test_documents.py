@@ -1,0 +1,144 @@
+"""Documents: metered embeddings, refusals that charge nothing, all or nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.services import Services
+from bot.standin import CommandRunner, StandInAttachment
+from tests.bot.conftest import GUILD
+from tests.bot.helpers import text
+from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
+
+ACCOUNT = f"guild:{GUILD}"
+
+
+def _pages(n: int) -> list[str]:
+    return [
+        "\n".join(
+            f"Page {p} line {i}: the orbit of comet number {p * 100 + i} is long."
+            for i in range(30)
+        )
+        for p in range(1, n + 1)
+    ]
+
+
+@pytest.fixture
+async def nova(owner: CommandRunner) -> None:
+    await owner.run('/agent create name:Nova prompt:"A patient astronomer"')
+
+
+async def _upload(runner: CommandRunner, name: str, data: bytes) -> list[Any]:
+    return await runner.invoke(
+        ["docs", "upload"], {"agent": "Nova", "file": StandInAttachment(name, data)}
+    )
+
+
+async def _stored(services: Services) -> tuple[int, int]:
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT (SELECT COUNT(*) FROM documents), (SELECT COUNT(*) FROM chunks)"
+    )
+    return rows[0][0], rows[0][1]
+
+
+async def test_upload_charges_exactly_the_reported_embedding_tokens(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None
+) -> None:
+    sent = await _upload(owner, "paper.pdf", make_pdf(_pages(10)))
+    body = text(sent)
+    assert "✅ Learned paper.pdf" in body and "10 pages" in body
+    reported = fake_openai.reported_tokens("embeddings")
+    assert reported > 0
+    balance = await services.ledger.balance(ACCOUNT)
+    assert balance.tokens_used == reported and balance.tokens_held == 0
+    assert f"Used {reported:,} tokens." in body
+    edits = [s.content for s in sent if s.kind == "edit" and s.content]
+    assert any("Extracting text: page" in e for e in edits)
+    assert any("Embedding: batch 1 of 1" in e for e in edits)
+    documents, chunks = await _stored(services)
+    assert documents == 1 and chunks > 0
+    assert fake_openai.count("embeddings") <= max(1, chunks // 100 + 1)
+    assert await services.ledger.verify() == []
+
+
+async def test_text_and_markdown_upload(
+    owner: CommandRunner, services: Services, nova: None
+) -> None:
+    assert "Learned notes.md" in text(
+        await _upload(owner, "notes.md", b"# Notes\n\nPulsars spin fast.")
+    )
+    latin = "Café au lait, crème brûlée.".encode("latin-1")
+    assert "Learned menu.txt" in text(await _upload(owner, "menu.txt", latin))
+    listing = text(await owner.run("/docs list agent:Nova"))
+    assert "notes.md" in listing and "menu.txt" in listing
+
+
+async def test_short_on_tokens_no_embedding_request(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None
+) -> None:
+    hold = await services.ledger.reserve(ACCOUNT, 249_990, "chat", 1, GUILD, "m")
+    await services.ledger.commit(hold, 249_990)
+    sent = await _upload(owner, "paper.pdf", make_pdf(_pages(5)))
+    assert "Insufficient Tokens" in text(sent) and "requires" in text(sent)
+    assert fake_openai.count("embeddings") == 0
+    assert await _stored(services) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("secret.pdf", lambda: encrypt_pdf(make_pdf(["hidden"])), "password"),
+        ("cut.pdf", lambda: make_pdf(_pages(3))[:200], ""),
+        ("empty.txt", lambda: b"", "empty"),
+        ("scan.pdf", lambda: make_scanned_pdf(2), "scanned"),
+        ("photo.pdf", lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 100, ""),
+        ("nul.txt", lambda: b"abc\x00def" * 100, ""),
+        ("big.txt", lambda: b"a" * (10 * 1024 * 1024 + 1), "10 MB"),
+    ],
+)
+async def test_refusals_charge_nothing_and_store_nothing(
+    owner: CommandRunner,
+    services: Services,
+    fake_openai: Any,
+    nova: None,
+    name: str,
+    make: Any,
+    message: str,
+) -> None:
+    sent = await _upload(owner, name, make())
+    body = text(sent)
+    assert "❌" in body and message.lower() in body.lower()
+    assert "Traceback" not in body
+    assert fake_openai.count("embeddings") == 0
+    assert await _stored(services) == (0, 0)
+    balance = await services.ledger.balance(ACCOUNT)
+    assert balance.tokens_used == 0 and balance.tokens_held == 0
+
+
+async def test_failure_in_the_middle_leaves_nothing(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None, monkeypatch: Any
+) -> None:
+    import bot.documents
+
+    monkeypatch.setattr(bot.documents, "BATCH_CHUNKS", 4)  # make three batches of a small file
+    fake_openai.fail_request("embeddings", 2, "500")
+    sent = await _upload(owner, "notes.txt", "\n\n".join(_pages(3)).encode())
+    assert "nothing was charged" in text(sent).lower()
+    assert fake_openai.count("embeddings") == 2
+    assert await _stored(services) == (0, 0)
+    balance = await services.ledger.balance(ACCOUNT)
+    assert balance.tokens_used == 0 and balance.tokens_held == 0
+    assert await services.ledger.verify() == []
+
+
+async def test_remove_frees_storage_without_refund(
+    owner: CommandRunner, services: Services, nova: None
+) -> None:
+    await _upload(owner, "notes.md", b"Pulsars spin fast.")
+    used = (await services.ledger.balance(ACCOUNT)).tokens_used
+    sent = await owner.run("/docs remove agent:Nova document:notes.md")
+    assert "Removed **notes.md**" in text(sent) and "not refunded" in text(sent)
+    assert await _stored(services) == (0, 0)
+    assert (await services.ledger.balance(ACCOUNT)).tokens_used == used
