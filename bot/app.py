@@ -116,6 +116,7 @@ class AgentBot(commands.Bot):
         if self.services is None:
             self.services = await Services.open(self.config)
         await self.load_cogs()
+        await self._load_owners()
         self.services.ledger.start_maintenance()
         self.sidecar = await self._start_sidecar()
         guild_id = self.config.discord.dev_guild_id
@@ -130,6 +131,12 @@ class AgentBot(commands.Bot):
             len(synced),
             f"to guild {guild_id}" if guild_id else "globally",
         )
+
+    async def _load_owners(self) -> None:
+        """The application's owner, or its team's members, are operators too."""
+        info = await self.application_info()
+        owners = {m.id for m in info.team.members} if info.team else {info.owner.id}
+        self.services.admin.set_owners(owners)
 
     async def _start_sidecar(self) -> Any:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.admin import AdminService
 from bot.agents import AgentService
 from bot.ai import AIGateway
 from bot.avatars import AvatarService
@@ -31,6 +32,7 @@ class Services:
     retriever: Retriever
     documents: DocumentService
     chat: ChatService
+    admin: AdminService
 
     @classmethod
     async def open(
@@ -62,6 +64,7 @@ class Services:
         meter = Meter(ledger, config.costs)
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo)
+        balances = BalanceService(config, ledger)
         return cls(
             config=config,
             ledger=ledger,
@@ -70,10 +73,11 @@ class Services:
             meter=meter,
             agents=agents,
             avatars=AvatarService(config, ledger, repo, agents, gateway, meter),
-            balances=BalanceService(config, ledger),
+            balances=balances,
             retriever=retriever,
             documents=DocumentService(config, repo, agents, gateway, meter, retriever),
             chat=ChatService(config, repo, agents, gateway, meter, retriever),
+            admin=AdminService(config, ledger, balances),
         )
 
     async def close(self) -> None:

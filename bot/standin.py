@@ -290,6 +290,8 @@ class CommandRunner:
 
     def find(self, path: list[str]) -> app_commands.Command[Any, ..., Any]:
         found: Any = self.bot.tree.get_command(path[0])
+        if found is None and self.guild is not None:  # registered in this server only
+            found = self.bot.tree.get_command(path[0], guild=discord.Object(self.guild.id))
         for name in path[1:]:
             if not isinstance(found, app_commands.Group):
                 break
