@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bot.ai import AIGateway
 
+from bot.ai import AIGateway
 from bot.app import AgentBot
 from bot.config import Config, LemonSqueezySettings, OpenAISettings, StorageSettings
 from bot.services import Services
