@@ -15,17 +15,19 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import discord
+from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 
 import cogs
+from bot.billing import static_checkout_url
 from bot.config import Config
 from bot.front import report_error
 from bot.repository import Agent
 from bot.services import Services
+from bot.webhooks import start_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +55,6 @@ def intents_for(config: Config) -> discord.Intents:
         intents.guild_messages = True
         intents.message_content = True
     return intents
-
-
-def static_checkout_url(config: Config, account_id: str, user_id: int | None = None) -> str | None:
-    base = config.lemonsqueezy.checkout_url
-    if not base:
-        return None
-    query = {"checkout[custom][account_id]": account_id}
-    if user_id is not None:
-        query["checkout[custom][user_id]"] = str(user_id)
-    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}"
 
 
 def application_id_from_token(token: str) -> int | None:
@@ -105,7 +97,7 @@ class AgentBot(commands.Bot):
         )
         self.config = config
         self.services: Services = services  # type: ignore[assignment]  # set in setup_hook
-        self.sidecar: Any = None
+        self.sidecar: web.AppRunner | None = None
 
     async def load_cogs(self) -> None:
         for module in pkgutil.iter_modules(cogs.__path__):
@@ -138,12 +130,39 @@ class AgentBot(commands.Bot):
         owners = {m.id for m in info.team.members} if info.team else {info.owner.id}
         self.services.admin.set_owners(owners)
 
-    async def _start_sidecar(self) -> Any:
-        try:
-            from bot import webhooks
-        except ImportError:
-            return None
-        return await webhooks.start_sidecar(self.config, self.services.ledger, notifier=None)
+    async def _start_sidecar(self) -> web.AppRunner:
+        return await start_sidecar(
+            self.config, self.services.ledger, notifier=self.notify, routes=self.avatar_routes
+        )
+
+    def avatar_routes(self, app: web.Application) -> None:
+        """Agents' avatars at `public_url`, for the webhook that speaks as an agent."""
+
+        async def avatar(request: web.Request) -> web.StreamResponse:
+            agent = await self.services.repo.agent_by_id(int(request.match_info["agent_id"]))
+            path = self.services.avatars.file_for(agent) if agent else None
+            if path is None:
+                raise web.HTTPNotFound()
+            return web.FileResponse(path, headers={"Cache-Control": "public, max-age=300"})
+
+        app.router.add_get(r"/avatars/{agent_id:\d{1,18}}.png", avatar)
+
+    async def notify(self, account_id: str, user_id: str | None, plan: str, message: str) -> None:
+        """Tell the buyer (a DM) and the server (its system channel, when we may post)."""
+        if user_id and user_id.isdigit():
+            try:
+                user = await self.fetch_user(int(user_id))
+                await user.send(message)
+            except discord.HTTPException:
+                log.info("could not DM user %s about %s", user_id, account_id)
+        if account_id.startswith("guild:"):
+            guild = self.get_guild(int(account_id.removeprefix("guild:")))
+            channel = guild.system_channel if guild else None
+            if guild and channel and channel.permissions_for(guild.me).send_messages:
+                try:
+                    await channel.send(message)
+                except discord.HTTPException:
+                    log.info("could not post the plan change in %s", account_id)
 
     async def close(self) -> None:
         if self.sidecar is not None:

@@ -84,14 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _not_built(name: str) -> Callable[[Config, argparse.Namespace], int]:
-    def handler(config: Config, args: argparse.Namespace) -> int:
-        print(f"`python -m bot {name}` is not built yet", file=sys.stderr)
-        return EXIT_USAGE
-
-    return handler
-
-
 def _run(config: Config, args: argparse.Namespace) -> int:
     if config.secrets.discord_token is None:
         raise UsageError(
@@ -132,6 +124,12 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     if app_id is None:
         print("  (set DISCORD_TOKEN to fill in your application id)")
     return 1 if violations else 0
+
+
+def _webhooks(config: Config, args: argparse.Namespace) -> int:
+    from bot.webhooks import serve_alone
+
+    return asyncio.run(serve_alone(config))
 
 
 def _console(config: Config, args: argparse.Namespace) -> int:
@@ -240,7 +238,7 @@ async def _ledger_action(
 
 COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "run": _run,
-    "webhooks": _not_built("webhooks"),
+    "webhooks": _webhooks,
     "console": _console,
     "check": _check,
     "ledger": _ledger,

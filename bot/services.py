@@ -10,6 +10,7 @@ from bot.agents import AgentService
 from bot.ai import AIGateway
 from bot.avatars import AvatarService
 from bot.balances import BalanceService
+from bot.billing import Billing
 from bot.chat import ChatService
 from bot.config import Config
 from bot.documents import DocumentService
@@ -33,6 +34,7 @@ class Services:
     documents: DocumentService
     chat: ChatService
     admin: AdminService
+    billing: Billing
 
     @classmethod
     async def open(
@@ -78,11 +80,13 @@ class Services:
             documents=DocumentService(config, repo, agents, gateway, meter, retriever),
             chat=ChatService(config, repo, agents, gateway, meter, retriever),
             admin=AdminService(config, ledger, balances),
+            billing=Billing(config, ledger),
         )
 
     async def close(self) -> None:
         try:
             await self.meter.drain()
             await self.ai.close()
+            await self.billing.close()
         finally:
             await self.ledger.close()

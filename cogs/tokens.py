@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.balances import TokenView
 from bot.front import COLOR_OK, actor_of, reply, upgrade_view
+from ledger.subscriptions import parse_time
 
 OPERATION_LABELS = {
     "avatar_generation": "Avatar generation",
@@ -53,12 +54,11 @@ class TokensCog(commands.Cog):
         view = await self.bot.services.balances.view(actor_of(interaction).account_id)
         await reply(interaction, embed=tokens_embed(view), ephemeral=True)
 
-    @app_commands.command(
-        name="upgrade", description="Upgrade this server (or yourself, in DMs) to Pro"
-    )
+    @app_commands.command(name="upgrade", description="Upgrade this server (or you, in DMs) to Pro")
     async def upgrade(self, interaction: discord.Interaction) -> None:
         actor = actor_of(interaction)
-        config = self.bot.services.config
+        services = self.bot.services
+        config = services.config
         free, pro = config.plans.free, config.plans.pro
         embed = discord.Embed(title="Plans", color=COLOR_OK)
         embed.add_field(
@@ -68,10 +68,47 @@ class TokensCog(commands.Cog):
             name=f"Pro ({pro.price_label})",
             value=f"{pro.monthly_tokens:,} tokens a month, unlimited agents",
         )
-        url = self.bot.upgrade_url(actor.account_id)
-        if url is None:
-            embed.set_footer(text="Checkout is not configured yet; ask the bot's operator.")
+        balance = await services.ledger.balance(actor.account_id)
+        if balance.plan_type == "pro":
+            await self._already_pro(interaction, actor.account_id, embed)
+            return
+        if not actor.can_manage:
+            embed.description = (
+                "This server is on the free plan. Only the server owner or a member with "
+                "Manage Server can upgrade it."
+            )
+            await reply(interaction, embed=embed, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        url = await services.billing.checkout_url(actor.account_id, actor.user_id)
+        embed.description = "Checkout opens in your browser; Pro starts once the payment clears."
         await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)
+
+    async def _already_pro(
+        self, interaction: discord.Interaction, account_id: str, embed: discord.Embed
+    ) -> None:
+        billing = self.bot.services.billing
+        subscription = await billing.subscription(account_id)
+        view = None
+        embed.description = "This account is on Pro."
+        if subscription is not None:
+            cancelled = subscription.status == "cancelled"
+            stamp = _timestamp(subscription.ends_at if cancelled else subscription.renews_at)
+            if stamp:
+                embed.description = (
+                    f"This account is on Pro; it {'ends' if cancelled else 'renews'} {stamp}."
+                )
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            portal = await billing.portal_url(subscription.subscription_id)
+            if portal:
+                view = discord.ui.View()
+                view.add_item(discord.ui.Button(label="Manage subscription", url=portal))
+        await reply(interaction, embed=embed, view=view, ephemeral=True)
+
+
+def _timestamp(text: str | None) -> str | None:
+    when = parse_time(text)
+    return f"<t:{int(when.timestamp())}:D>" if when else None
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -91,4 +91,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX journal_account ON journal(account_id, id);
     """,
+    # 2: LemonSqueezy subscriptions (latest snapshot each) and every webhook event received.
+    """
+    CREATE TABLE subscriptions (
+        subscription_id TEXT PRIMARY KEY,
+        account_id      TEXT,
+        user_id         TEXT,
+        status          TEXT NOT NULL,
+        plan            TEXT NOT NULL,
+        renews_at       TEXT,
+        ends_at         TEXT,
+        portal_url      TEXT,
+        variant_id      TEXT,
+        test_mode       INTEGER NOT NULL DEFAULT 0,
+        updated_at      TEXT NOT NULL,  -- LemonSqueezy's own, to order snapshots
+        received_at     TEXT NOT NULL
+    );
+    CREATE INDEX subscriptions_account ON subscriptions(account_id);
+
+    CREATE TABLE webhook_events (
+        id              INTEGER PRIMARY KEY,
+        event_name      TEXT NOT NULL,
+        object_id       TEXT,
+        subscription_id TEXT,
+        account_id      TEXT,
+        body_sha256     TEXT NOT NULL UNIQUE,
+        outcome         TEXT NOT NULL,
+        detail          TEXT,
+        test_mode       INTEGER NOT NULL DEFAULT 0,
+        received_at     TEXT NOT NULL
+    );
+    CREATE INDEX webhook_events_object ON webhook_events(event_name, object_id);
+    """,
 ]

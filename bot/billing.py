@@ -1,0 +1,158 @@
+"""LemonSqueezy: checkout links and the customer portal.
+
+With an API key, a checkout is created through `POST /v1/checkouts` (JSON:API) carrying
+the account id in `checkout_data.custom`, so the webhook knows which account paid.
+Without one, the store's static checkout link carries it as `checkout[custom][...]`.
+Any failure to reach LemonSqueezy is `BillingUnavailable`; nothing changes here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from bot.config import Config
+from bot.errors import BotError
+from ledger import Ledger
+from ledger.subscriptions import subscription_of
+
+log = logging.getLogger(__name__)
+
+JSON_API = "application/vnd.api+json"
+
+
+class BillingUnavailable(BotError):
+    def __init__(self) -> None:
+        super().__init__(
+            "The payment service can't be reached right now; nothing was changed. "
+            "Please try again in a few minutes."
+        )
+
+
+class BillingNotConfigured(BotError):
+    def __init__(self) -> None:
+        super().__init__("Upgrades are not set up on this bot yet; ask its operator.")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    status: str
+    plan: str
+    renews_at: str | None
+    ends_at: str | None
+
+
+def static_checkout_url(config: Config, account_id: str, user_id: int | None = None) -> str | None:
+    base = config.lemonsqueezy.checkout_url
+    if not base:
+        return None
+    query = {"checkout[custom][account_id]": account_id}
+    if user_id is not None:
+        query["checkout[custom][user_id]"] = str(user_id)
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}"
+
+
+class Billing:
+    def __init__(self, config: Config, ledger: Ledger) -> None:
+        self.config = config
+        self.ledger = ledger
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def api_key(self) -> str | None:
+        key = self.config.secrets.lemonsqueezy_api_key
+        return key.get_secret_value() if key else None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": JSON_API,
+            "Content-Type": JSON_API,
+        }
+        url = self.config.lemonsqueezy.api_url.rstrip("/") + path
+        try:
+            async with self._client().request(method, url, json=body, headers=headers) as response:
+                if response.status >= 300:
+                    log.error("LemonSqueezy %s %s answered HTTP %d", method, path, response.status)
+                    raise BillingUnavailable()
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            log.error("LemonSqueezy %s %s failed: %s", method, path, type(error).__name__)
+            raise BillingUnavailable() from None
+        if not isinstance(data, dict):
+            raise BillingUnavailable()
+        return data
+
+    async def checkout_url(self, account_id: str, user_id: int) -> str:
+        """A checkout link for `account_id`, bought by `user_id`."""
+        if not self.api_key:
+            url = static_checkout_url(self.config, account_id, user_id)
+            if url is None:
+                raise BillingNotConfigured()
+            return url
+        ls = self.config.lemonsqueezy
+        if not ls.store_id or not ls.variant_id:
+            raise BillingNotConfigured()
+        expires = datetime.now(UTC) + timedelta(minutes=ls.checkout_expires_minutes)
+        body = {
+            "data": {
+                "type": "checkouts",
+                "attributes": {
+                    "checkout_data": {
+                        "custom": {"account_id": account_id, "user_id": str(user_id)}
+                    },
+                    "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+                    "test_mode": ls.test_mode,
+                },
+                "relationships": {
+                    "store": {"data": {"type": "stores", "id": str(ls.store_id)}},
+                    "variant": {"data": {"type": "variants", "id": str(ls.variant_id)}},
+                },
+            }
+        }
+        data = await self._request("POST", "/v1/checkouts", body)
+        url = _dig(data, "data", "attributes", "url")
+        if not isinstance(url, str) or not url.startswith("http"):
+            raise BillingUnavailable()
+        return url
+
+    async def subscription(self, account_id: str) -> Subscription | None:
+        row = await subscription_of(self.ledger, account_id)
+        if row is None:
+            return None
+        return Subscription(
+            row["subscription_id"], row["status"], row["plan"], row["renews_at"], row["ends_at"]
+        )
+
+    async def portal_url(self, subscription_id: str) -> str | None:
+        """A fresh customer-portal link (they expire after 24 hours), or None without a key."""
+        if not self.api_key:
+            return None
+        data = await self._request("GET", f"/v1/subscriptions/{subscription_id}")
+        url = _dig(data, "data", "attributes", "urls", "customer_portal")
+        return url if isinstance(url, str) else None
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
