@@ -9,7 +9,10 @@ import pytest
 
 from ledger import Ledger, ManualClock
 
-pytest_plugins: list[str] = ["tests.fakes.openai_server"]
+pytest_plugins: list[str] = [
+    "tests.fakes.openai_server",
+    "tests.fakes.lemonsqueezy_server",
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,86 @@
+"""The sidecar app on a real ledger (manual clock), driven by aiohttp's test client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from bot.config import Config, LemonSqueezySettings, Secrets, StorageSettings
+from bot.webhooks import build_app
+from ledger import Ledger, ManualClock
+from tests.billing.payloads import SECRET, encode, sign
+
+
+@pytest.fixture
+def billing_clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def billing_ledger(tmp_path: Path, billing_clock: ManualClock) -> AsyncIterator[Ledger]:
+    opened = await Ledger.open(tmp_path / "bot.db", clock=billing_clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def make_config(tmp_path: Path, *, secret: str | None = SECRET, test_mode: bool = False) -> Config:
+    return Config(
+        storage=StorageSettings(database=str(tmp_path / "bot.db"), data_dir=str(tmp_path / "data")),
+        lemonsqueezy=LemonSqueezySettings(test_mode=test_mode),
+        secrets=Secrets(
+            lemonsqueezy_webhook_secret=SecretStr(secret) if secret else None, _env_file=None
+        ),
+    )
+
+
+class Sidecar:
+    def __init__(self, client: TestClient, notices: list[tuple[Any, ...]]) -> None:
+        self.client = client
+        self.notices = notices
+
+    async def post(
+        self, payload: dict[str, Any] | bytes, *, signature: str | None = None
+    ) -> tuple[int, Any]:
+        body = payload if isinstance(payload, bytes) else encode(payload)
+        headers = {"Content-Type": "application/json"}
+        headers["X-Signature"] = sign(body) if signature is None else signature
+        if signature == "":
+            del headers["X-Signature"]
+        response = await self.client.post("/webhooks/lemonsqueezy", data=body, headers=headers)
+        try:
+            data = await response.json()
+        except Exception:  # a 413 from aiohttp itself is plain text
+            data = None
+        return response.status, data
+
+
+async def open_sidecar(
+    config: Config, ledger: Ledger, fail_notify: bool = False
+) -> tuple[TestClient, list[tuple[Any, ...]]]:
+    notices: list[tuple[Any, ...]] = []
+
+    async def notifier(account_id: str, user_id: str | None, plan: str, message: str) -> None:
+        notices.append((account_id, user_id, plan))
+        if fail_notify:
+            raise RuntimeError("Discord is down")
+
+    client = TestClient(TestServer(build_app(config, ledger, notifier)))
+    await client.start_server()
+    return client, notices
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path, billing_ledger: Ledger) -> AsyncIterator[Sidecar]:
+    client, notices = await open_sidecar(make_config(tmp_path), billing_ledger)
+    try:
+        yield Sidecar(client, notices)
+    finally:
+        await client.close()
