@@ -340,22 +340,23 @@ class Ledger:
         self, conn: aiosqlite.Connection, hold_id: str, now: datetime
     ) -> Resolution:
         rows = await conn.execute_fetchall(
-            "SELECT h.account_id, h.status, h.amount, h.charged, u.tokens_limit, u.tokens_used,"
-            " u.tokens_held, u.bonus_tokens FROM holds h JOIN usage_limits u USING (account_id)"
-            " WHERE h.hold_id = ?",
+            "SELECT h.status, h.amount, h.charged, u.* FROM holds h"
+            " JOIN usage_limits u USING (account_id) WHERE h.hold_id = ?",
             (hold_id,),
         )
         if not rows:
             raise HoldNotFound(f"no hold {hold_id!r}")
-        r = rows[0]
+        r = dict(rows[0])
         charged = r["charged"] or 0
+        # As balance() shows it: a period that has ended counts as rolled over.
+        shown = queries.balance_from_row(r, now)
         return Resolution(
             hold_id,
             r["account_id"],
             r["status"],
             charged,
             max(0, charged - r["amount"]),
-            available(r["tokens_limit"], r["tokens_used"], r["tokens_held"], r["bonus_tokens"]),
+            shown.available,
             False,
         )
 

@@ -234,3 +234,16 @@ async def test_commit_above_the_hold_is_charged_in_full(ledger: Ledger, db_path:
     await ledger.release(other)
     assert (await ledger.balance(ACCOUNT)).available == 0
     assert await ledger.verify() == []
+
+
+async def test_a_repeat_after_the_period_ended_reports_the_available_balance_shows(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    hold = await ledger.reserve(ACCOUNT, 1_000, "chat")
+    await ledger.commit(hold, 1_000)
+    clock.set((await ledger.balance(ACCOUNT)).period_end)  # ended, not yet rolled over
+
+    again = await ledger.commit(hold, 1_000)
+
+    assert not again.first
+    assert again.available == (await ledger.balance(ACCOUNT)).available == 250_000
