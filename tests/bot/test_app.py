@@ -1,0 +1,77 @@
+"""The bot process's pieces that need no Discord connection: its commands' payloads,
+intents, invite URL, and the sidecar serving avatars."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import aiohttp
+import discord
+
+from bot.app import PERMISSIONS, AgentBot, intents_for, invite_url
+from bot.config import Config
+from bot.services import Services
+from bot.standin import CommandRunner
+
+
+async def test_every_command_has_a_valid_payload(bot: AgentBot) -> None:
+    commands = bot.tree.get_commands()
+    assert {c.name for c in commands} >= {
+        "agent",
+        "avatar",
+        "docs",
+        "chat",
+        "tokens",
+        "upgrade",
+        "admin",
+    }
+    for command in commands:
+        payload = command.to_dict(bot.tree)
+        assert 1 <= len(payload["description"]) <= 100
+        for option in payload.get("options", []):
+            assert 1 <= len(option["description"]) <= 100
+
+
+async def test_admin_group_is_hidden_from_members_by_default(bot: AgentBot) -> None:
+    admin = bot.tree.get_command("admin")
+    assert admin is not None
+    assert admin.default_permissions == discord.Permissions(administrator=True)
+
+
+def test_intents_are_minimal(app_config: Config) -> None:
+    intents = intents_for(app_config)
+    assert intents.guilds and not intents.message_content and not intents.members
+    app_config.discord.message_content = True
+    assert intents_for(app_config).message_content
+
+
+def test_invite_url_has_exactly_the_scopes_and_permissions() -> None:
+    url = invite_url(123)
+    assert "scope=bot+applications.commands" in url and f"permissions={PERMISSIONS.value}" in url
+    assert not PERMISSIONS.administrator and not PERMISSIONS.mention_everyone
+
+
+async def test_sidecar_serves_avatars_and_health(
+    app_config: Config, services: Services, owner: CommandRunner
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        app_config.webhooks.port = s.getsockname()[1]
+    bot = AgentBot(app_config, services)
+    await bot.load_cogs()
+    await owner.run('/agent create name:Nova prompt:"An astronomer"')
+    await owner.run("/avatar generate agent:Nova")
+    agent: Any = await services.repo.agent("guild:1000", "Nova")
+    runner = await bot._start_sidecar()
+    try:
+        base = f"http://127.0.0.1:{app_config.webhooks.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/avatars/{agent.id}.png") as response:
+                assert response.status == 200 and (await response.read()).startswith(b"\x89PNG")
+            async with http.get(f"{base}/avatars/999999.png") as response:
+                assert response.status == 404
+            async with http.get(f"{base}/healthz") as response:
+                assert (await response.json())["database"] is True
+    finally:
+        await runner.cleanup()
