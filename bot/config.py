@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ledger import Plan
@@ -39,6 +47,20 @@ class PlansSettings(_Section):
     pro: PlanSettings = PlanSettings(
         monthly_tokens=10_000_000, max_agents=0, price_label="$30/month"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plan_defaults(cls, data: Any) -> Any:
+        """A plan given in part (`[plans.free] monthly_tokens = ...` alone, or one
+        BOT_PLANS__FREE__... variable) keeps that plan's defaults for the other keys."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in ("free", "pro"):
+                value = data.get(name)
+                if isinstance(value, dict):
+                    default = cls.model_fields[name].default
+                    data[name] = {**default.model_dump(), **value}
+        return data
 
     def as_ledger_plans(self) -> dict[str, Plan]:
         return {
@@ -179,6 +201,10 @@ def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -
             raise ConfigError(f"{path}: not valid TOML ({error})") from None
     elif cli_path or os.environ.get("BOT_CONFIG"):
         raise ConfigError(f"{path}: no such configuration file")
+    # Config ignores extra keys (for unrelated BOT_* variables); a file's may not be.
+    for section in file_values:
+        if section not in Config.model_fields or section == "secrets":
+            raise ConfigError(f"config error: {section} (in {path}): unknown section")
     try:
         secrets = Secrets(_env_file=env_file)  # type: ignore[call-arg]
         return Config(**file_values, secrets=secrets)
