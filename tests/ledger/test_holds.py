@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,12 @@ ACCOUNT = "user:42"
 
 
 def _hold_rows(db_path: Path) -> list[tuple[str, str, int | None]]:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         return conn.execute("SELECT hold_id, status, charged FROM holds ORDER BY rowid").fetchall()
 
 
 def _usage_rows_for(db_path: Path, hold_id: str) -> int:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         (count,) = conn.execute(
             "SELECT COUNT(*) FROM token_usage WHERE hold_id = ?", (hold_id,)
         ).fetchone()

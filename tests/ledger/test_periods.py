@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def at(year: int, month: int, day: int, hour: int = 12) -> datetime:
 
 
 def _resets(db_path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         return conn.execute(
             "SELECT old_value, new_value FROM journal WHERE account_id = ?"
             " AND action = 'period_reset' ORDER BY id",

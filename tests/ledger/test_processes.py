@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def children(tmp_path: Path, db_path: Path) -> Iterator[Children]:
 
 
 def _status(db_path: Path, hold_id: str) -> str:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         (status,) = conn.execute(
             "SELECT status FROM holds WHERE hold_id = ?", (hold_id,)
         ).fetchone()
