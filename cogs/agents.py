@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.agents import NAME_MAX, PROMPT_MAX
 from bot.front import COLOR_OK, actor_of, reply
 from bot.repository import Agent
+from cogs._base import FeatureCog, agent_names
 
 
 class PersonaModal(discord.ui.Modal):
@@ -58,21 +59,8 @@ def agent_embed(agent: Agent, avatar_url: str | None) -> discord.Embed:
     return embed
 
 
-class AgentsCog(commands.Cog):
+class AgentsCog(FeatureCog):
     agent = app_commands.Group(name="agent", description="Create and manage AI agents")
-
-    def __init__(self, bot: Any) -> None:
-        self.bot = bot
-
-    @property
-    def services(self) -> Any:
-        return self.bot.services
-
-    async def agent_names(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        names = await self.services.agents.names(actor_of(interaction), current)
-        return [app_commands.Choice(name=n, value=n) for n in names]
 
     @agent.command(name="create", description="Create an agent (a persona with a system prompt)")
     @app_commands.describe(

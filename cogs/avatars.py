@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -11,7 +9,7 @@ from discord.ext import commands
 from bot.avatars import STYLE_MAX, AvatarResult
 from bot.errors import InvalidInput
 from bot.front import COLOR_OK, actor_of, reply
-from cogs.agents import AgentsCog
+from cogs._base import FeatureCog, agent_names
 
 MB = 1_048_576
 
@@ -28,20 +26,8 @@ def _result_embed(title: str, result: AvatarResult) -> tuple[discord.Embed, disc
     return embed, discord.File(result.path, filename="avatar.png")
 
 
-class AvatarsCog(commands.Cog):
+class AvatarsCog(FeatureCog):
     avatar = app_commands.Group(name="avatar", description="Give an agent a face")
-
-    def __init__(self, bot: Any) -> None:
-        self.bot = bot
-
-    @property
-    def services(self) -> Any:
-        return self.bot.services
-
-    async def agent_names(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await AgentsCog.agent_names(self, interaction, current)  # type: ignore[arg-type]
 
     @avatar.command(name="generate", description="Generate an avatar with AI (5,000 tokens)")
     @app_commands.describe(agent="The agent", style="Optional: a style, e.g. watercolor, pixel art")

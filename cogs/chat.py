@@ -14,7 +14,7 @@ from bot.chat import MESSAGE_MAX, ChatAnswer
 from bot.front import NO_MENTIONS, actor_of, reply, split_message
 from bot.metering import Actor
 from bot.repository import Agent
-from cogs.agents import AgentsCog
+from cogs._base import FeatureCog, agent_names
 from ledger import guild_account
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,7 @@ def answer_parts(answer: ChatAnswer) -> list[str]:
     return split_message(text)
 
 
-class ChatCog(commands.Cog):
-    def __init__(self, bot: Any) -> None:
-        self.bot = bot
-
-    @property
-    def services(self) -> Any:
-        return self.bot.services
-
-    async def agent_names(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await AgentsCog.agent_names(self, interaction, current)  # type: ignore[arg-type]
-
+class ChatCog(FeatureCog):
     @app_commands.command(name="chat", description="Talk with an agent")
     @app_commands.describe(agent="The agent", message="What you say")
     @app_commands.autocomplete(agent=agent_names)

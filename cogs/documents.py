@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidInput
 from bot.front import COLOR_OK, actor_of, reply
-from cogs.agents import AgentsCog
+from cogs._base import FeatureCog, agent_names
 
 MB = 1_048_576
 
 
-class DocumentsCog(commands.Cog):
+class DocumentsCog(FeatureCog):
     docs = app_commands.Group(name="docs", description="Documents an agent learns from")
-
-    def __init__(self, bot: Any) -> None:
-        self.bot = bot
-
-    @property
-    def services(self) -> Any:
-        return self.bot.services
-
-    async def agent_names(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await AgentsCog.agent_names(self, interaction, current)  # type: ignore[arg-type]
 
     async def document_names(
         self, interaction: discord.Interaction, current: str

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.balances import TokenView
 from bot.front import COLOR_OK, actor_of, reply, upgrade_view
+from cogs._base import FeatureCog
 from ledger.subscriptions import parse_time
 
 OPERATION_LABELS = {
@@ -45,10 +44,7 @@ def tokens_embed(view: TokenView) -> discord.Embed:
     return embed
 
 
-class TokensCog(commands.Cog):
-    def __init__(self, bot: Any) -> None:
-        self.bot = bot
-
+class TokensCog(FeatureCog):
     @app_commands.command(name="tokens", description="This server's token balance (yours in DMs)")
     async def tokens(self, interaction: discord.Interaction) -> None:
         view = await self.bot.services.balances.view(actor_of(interaction).account_id)
