@@ -277,6 +277,7 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=40,
     stateful_step_count=30,
     deadline=None,
+    database=None,  # nothing written into the repository
     suppress_health_check=[HealthCheck.too_slow],
 )
 
