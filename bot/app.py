@@ -98,6 +98,7 @@ class AgentBot(commands.Bot):
         self.config = config
         self.services: Services = services  # type: ignore[assignment]  # set in setup_hook
         self.sidecar: web.AppRunner | None = None
+        self._closing = False
 
     async def load_cogs(self) -> None:
         for module in pkgutil.iter_modules(cogs.__path__):
@@ -165,6 +166,10 @@ class AgentBot(commands.Bot):
                     log.info("could not post the plan change in %s", account_id)
 
     async def close(self) -> None:
+        # A signal and `async with` may both close the bot: the second call does nothing.
+        if self._closing:
+            return
+        self._closing = True
         if self.sidecar is not None:
             await self.sidecar.cleanup()
             self.sidecar = None

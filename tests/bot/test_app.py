@@ -75,3 +75,12 @@ async def test_sidecar_serves_avatars_and_health(
                 assert (await response.json())["database"] is True
     finally:
         await runner.cleanup()
+
+
+async def test_closing_twice_is_harmless(app_config: Config) -> None:
+    services = await Services.open(app_config)
+    bot = AgentBot(app_config, services)
+    await bot.load_cogs()
+    await bot.close()
+    await bot.close()  # a signal, then `async with`'s exit
+    assert services.ledger.store._task is None
