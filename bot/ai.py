@@ -73,8 +73,9 @@ class AIGateway:
             kwargs["http_client"] = http_client
         self.client = openai.AsyncOpenAI(**kwargs, _strict_response_validation=strict)
         # Strict validation checks the answer before the SDK decodes base64 embeddings,
-        # so strict mode asks for floats; the normal client keeps the compact base64.
-        self._embedding_format = "float" if strict else "base64"
+        # so strict mode asks for floats. Otherwise we leave the format unset: the SDK then
+        # asks for compact base64 AND decodes it (it does not when the format is given).
+        self._embedding_options: dict[str, Any] = {"encoding_format": "float"} if strict else {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -133,7 +134,7 @@ class AIGateway:
             answer = await self.client.embeddings.create(
                 model=model,
                 input=texts,
-                encoding_format=self._embedding_format,  # type: ignore[arg-type]
+                **self._embedding_options,
             )
         rows = sorted(answer.data, key=lambda e: e.index)
         if len(rows) != len(texts):

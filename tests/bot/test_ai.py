@@ -1,0 +1,89 @@
+"""The AI gateway: the real openai client against the fake, strict validation on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bot.ai import AIGateway
+from bot.config import OpenAISettings
+from bot.errors import AIUnavailable, ContentRejected
+
+
+@pytest.fixture
+async def gateways(fake_openai: Any) -> Any:
+    settings = OpenAISettings(base_url=fake_openai.base_url, timeout_seconds=2, max_retries=0)
+    strict = AIGateway(settings, "k", strict=True)
+    loose = AIGateway(settings, "k")
+    yield strict, loose
+    await strict.close()
+    await loose.close()
+
+
+async def test_image_is_base64_png_with_usage(gateways: Any, fake_openai: Any) -> None:
+    strict, _ = gateways
+    result = await strict.image("a cat")
+    assert result.png.startswith(b"\x89PNG") and result.total_tokens == fake_openai.reported_tokens(
+        "images"
+    )
+    assert fake_openai.requests[-1].body["model"] == strict.settings.image_model
+
+
+async def test_chat_returns_the_reported_usage(gateways: Any, fake_openai: Any) -> None:
+    strict, _ = gateways
+    fake_openai.chat_answer = "Hello there"
+    result = await strict.chat([{"role": "user", "content": "hi"}], 50)
+    usage = fake_openai.completed("chat")[-1].usage
+    assert result.text == "Hello there"
+    assert (result.prompt_tokens, result.completion_tokens, result.total_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        usage["total_tokens"],
+    )
+    assert fake_openai.requests[-1].body["max_completion_tokens"] == 50
+
+
+async def test_base64_and_float_embeddings_agree(gateways: Any, fake_openai: Any) -> None:
+    strict, loose = gateways
+    texts = ["the red planet", "rings of ice", "a comet"]
+    as_float = await strict.embed(texts)
+    as_base64 = await loose.embed(texts)
+    encodings = [r.body.get("encoding_format") for r in fake_openai.requests]
+    assert encodings == ["float", "base64"]
+    assert as_float.vectors.shape == (3, 1536) and as_float.vectors.dtype == np.float32
+    assert np.allclose(as_float.vectors, as_base64.vectors)
+    assert as_float.total_tokens == as_base64.total_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("500", AIUnavailable),
+        ("429", AIUnavailable),
+        ("timeout", AIUnavailable),
+        ("content_policy", ContentRejected),
+        ("moderation_blocked", ContentRejected),
+        ("malformed", AIUnavailable),
+        ("missing_fields", AIUnavailable),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["images", "chat", "embeddings"])
+async def test_failures_map_to_domain_errors(
+    gateways: Any, fake_openai: Any, kind: str, error: type[Exception], endpoint: str
+) -> None:
+    strict, _ = gateways
+    if kind == "timeout" and endpoint != "images":
+        pytest.skip("one timeout case is enough (each waits for the client's timeout)")
+    fake_openai.fail_next(endpoint, kind)
+    calls = {
+        "images": lambda: strict.image("x"),
+        "chat": lambda: strict.chat([{"role": "user", "content": "x"}]),
+        "embeddings": lambda: strict.embed(["x"]),
+    }
+    with pytest.raises(error) as raised:
+        await calls[endpoint]()
+    message = raised.value.user_message  # type: ignore[attr-defined]
+    assert "nothing was charged" in message.lower() or "Nothing was charged" in message
+    assert "Error code" not in message and "http" not in message.lower()
