@@ -573,21 +573,24 @@ class Ledger:
                 " AND instance_id = ? AND expires_at <= ?",
                 (self.instance_id, now),
             )
+            dead = await self._dead_here(conn)
             orphaned = await conn.execute_fetchall(
                 "SELECT h.hold_id, h.amount FROM holds h LEFT JOIN instances i USING (instance_id)"
                 " WHERE h.status = 'pending' AND h.instance_id != ?"
-                " AND (i.instance_id IS NULL OR i.lease_until <= ?)",
-                (self.instance_id, now),
+                " AND (i.instance_id IS NULL OR i.lease_until <= ?"
+                f" OR h.instance_id IN ({', '.join('?' * len(dead))}))",
+                (self.instance_id, now, *dead),
             )
             for rows, why in ((expired, "time to live passed"), (orphaned, "its process stopped")):
                 for r in rows:
                     await self._resolve(conn, r["hold_id"], "expired", 0, why)
             freed = sum(r["amount"] for r in (*expired, *orphaned))
             await conn.execute(
-                "DELETE FROM instances WHERE lease_until <= ? AND instance_id != ?"
+                "DELETE FROM instances WHERE instance_id != ?"
+                f" AND (lease_until <= ? OR instance_id IN ({', '.join('?' * len(dead))}))"
                 " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id ="
                 " instances.instance_id AND h.status = 'pending')",
-                (now, self.instance_id),
+                (self.instance_id, now, *dead),
             )
             return SweepReport(len(expired), len(orphaned), freed)
 
@@ -600,6 +603,16 @@ class Ledger:
                 report.tokens_freed,
             )
         return report
+
+    async def _dead_here(self, conn: aiosqlite.Connection) -> list[str]:
+        """Instances on this host whose process is gone: their holds need not wait for the
+        lease to lapse. Only a definite "no such process" counts; a reused pid looks alive
+        and simply leaves the hold to the lease, which is the safe way to be wrong."""
+        rows = await conn.execute_fetchall(
+            "SELECT instance_id, pid FROM instances WHERE hostname = ? AND instance_id != ?",
+            (socket.gethostname(), self.instance_id),
+        )
+        return [r["instance_id"] for r in rows if not _process_alive(r["pid"])]
 
     async def _retire_op(self, conn: aiosqlite.Connection) -> None:
         rows = await conn.execute_fetchall(
@@ -650,6 +663,22 @@ class Ledger:
 
     async def verify(self) -> list[Violation]:
         return await queries.verify(self.store.reader)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another Ledger in this very process: alive by definition
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _hold_id(hold: Hold | str) -> str:

@@ -212,6 +212,11 @@ async def test_a_killed_process_holds_are_released_after_its_lease_lapses(
 
     children.kill(dead)
     assert _status(db_path, dead_hold) == "pending"
+    # As if it had run on another machine: its pid tells us nothing, only the lease does.
+    _move_to_another_host(db_path, dead.pid)
+    async with await Ledger.open(db_path) as ledger:
+        report = await ledger.sweep()
+        assert (report.orphaned, report.tokens_freed) == (0, 0)
 
     # Past the dead one's 60 s lease, well within the live one's hour.
     later = ManualClock(datetime.now(UTC) + timedelta(seconds=600))
@@ -234,6 +239,29 @@ async def test_a_killed_process_holds_are_released_after_its_lease_lapses(
     _, err = live.communicate(timeout=30)
     assert live.returncode == 0, err
     assert _status(db_path, live_hold) == "expired"  # closed cleanly: its holds expired
+
+
+async def test_a_dead_process_on_this_host_is_swept_without_waiting_for_its_lease(
+    children: Children, db_path: Path
+) -> None:
+    dead, dead_hold = children.hold(5_000, lease=3_600)
+    live, live_hold = children.hold(7_000, lease=3_600)
+    children.kill(dead)
+
+    # Both leases run for an hour, yet the dead pid frees its hold at once.
+    async with await Ledger.open(db_path) as ledger:
+        report = await ledger.sweep()
+        assert (report.orphaned, report.tokens_freed) == (1, 5_000)
+        assert (await ledger.balance(ACCOUNT)).tokens_held == 7_000
+        assert await ledger.verify() == []
+    assert _status(db_path, dead_hold) == "expired"
+    assert _status(db_path, live_hold) == "pending"
+    assert live.poll() is None
+
+
+def _move_to_another_host(db_path: Path, pid: int) -> None:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("UPDATE instances SET hostname = 'elsewhere' WHERE pid = ?", (pid,))
 
 
 async def test_ledger_sweep_command_releases_only_a_dead_process_holds(
