@@ -15,6 +15,9 @@ MODULES = [
     "bench.ledger_bench",
     "bench.metering_bench",
     "bench.documents_bench",
+    "bench.webhooks_bench",
+    "bench.startup_bench",
+    "bench.memory_bench",
 ]
 
 

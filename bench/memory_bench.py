@@ -1,0 +1,281 @@
+"""Resident memory of the bot process, each figure taken in a fresh subprocess.
+
+- a bare `import discord, openai, aiosqlite` (the baseline of the ratios);
+- an idle bot: `Services.open` + `AgentBot(...).load_cogs()` on a fresh database;
+- a loaded bot: the same on a database holding 1,000 agents and 100,000 chunks of 1,536
+  float32 dimensions (built here in bulk, straight through SQL), measured after opening,
+  then after a retrieval over a sample of agents with the retrieval cache at its default
+  cap (`Retriever.max_cached`, 64 agents), then, in another process, after a retrieval
+  over every agent with the cap raised to the number of agents so that the cache holds
+  them all (the default cap never allows that: this shows what the cap saves).
+
+"current" is the resident set now (/proc/self/statm); "peak" is `ru_maxrss`, the most
+the process ever held, which includes the transient copies made while loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import Figure, cli
+
+BENCH = "memory"
+DIMENSIONS = 1536  # text-embedding-3-small
+MIB = 1024 * 1024
+CHUNK_TEXT = ("Pulsars are rotating neutron stars that emit beams of radiation. " * 16)[:1000]
+
+
+def _rss() -> tuple[float, float]:
+    """(current, peak) resident set in MiB."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    current = pages * os.sysconf("SC_PAGE_SIZE") / MIB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # The kernel updates its high-water mark lazily: it can trail the current figure.
+    return current, max(peak, current)
+
+
+# ---- the measured process ---------------------------------------------------------------
+
+
+async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> dict[str, Any]:
+    from bot.app import AgentBot
+    from bot.config import Config, StorageSettings
+    from bot.services import Services
+
+    config = Config(storage=StorageSettings(database=database, data_dir=data_dir))
+    services = await Services.open(config)
+    try:
+        await AgentBot(config, services).load_cogs()
+        opened = _rss()
+        result: dict[str, Any] = {"open": opened}
+        if sample or every:
+            rows = await services.repo.store.reader.execute_fetchall(
+                "SELECT id FROM agents ORDER BY id"
+            )
+            agents = [int(r[0]) for r in rows]
+            retriever = services.retriever
+            if every:
+                retriever.max_cached = len(agents)  # lifted so that the cache holds everyone
+            else:
+                agents = random.Random(6).sample(agents, min(sample, len(agents)))
+            queries = np.random.default_rng(6).standard_normal((8, DIMENSIONS), dtype=np.float32)
+            started = time.perf_counter()
+            for index, agent_id in enumerate(agents):
+                if not await retriever.top_k(agent_id, queries[index % len(queries)], k=5):
+                    raise RuntimeError(f"agent {agent_id} retrieved nothing")
+            result["seconds"] = time.perf_counter() - started
+            result["queried"] = len(agents)
+            # The cache's own arrays, read from its private dict: what the cap bounds.
+            cache = retriever._cache.values()
+            result["cached_agents"] = len(cache)
+            result["cache_mib"] = sum(m.vectors.nbytes + m.ids.nbytes for m in cache) / MIB
+            result["cap"] = retriever.max_cached
+        result["after"] = _rss()
+    finally:
+        await services.close()
+    return result
+
+
+def _child_main(mode: str, database: str, data_dir: str, sample: int) -> None:
+    """Entry point of the subprocess: one measurement, printed as one JSON line."""
+    if mode == "bare":
+        import aiosqlite  # noqa: F401
+        import discord  # noqa: F401
+        import openai  # noqa: F401
+
+        result: dict[str, Any] = {"after": _rss()}
+    else:
+        result = asyncio.run(_bot_child(database, data_dir, sample, every=mode == "every"))
+    print(json.dumps(result), flush=True)
+
+
+def _measure(mode: str, database: Path, data_dir: Path, sample: int = 0) -> dict[str, Any]:
+    code = (
+        "import sys; from bench.memory_bench import _child_main;"
+        " _child_main(*sys.argv[1:4], int(sys.argv[4]))"
+    )
+    env = dict(os.environ)
+    # The checkout's root, so that the child finds `bench` as this process did.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", code, mode, str(database), str(data_dir), str(sample)],
+        env=env,
+        cwd=data_dir.parent,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child {mode} exited {done.returncode}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- the loaded database ----------------------------------------------------------------
+
+
+async def _schema(database: Path) -> None:
+    from bot.repository import Repository
+    from ledger import Ledger
+
+    ledger = await Ledger.open(database)
+    try:
+        await Repository(ledger.store).migrate()
+    finally:
+        await ledger.close()
+
+
+def build_database(database: Path, agents: int, chunks: int) -> None:
+    """`agents` agents (10 to an account), one document each, `chunks` chunks shared
+    evenly, random unit-free float32 embeddings, inserted in bulk with plain SQL."""
+    asyncio.run(_schema(database))
+    per_agent = chunks // agents
+    rng = np.random.default_rng(6)
+    now = "2026-11-24T12:00:00.000000Z"
+    conn = sqlite3.connect(database)
+    try:
+        # A bench fixture, not a ledger write: no fsync per page is needed to build it.
+        conn.execute("PRAGMA synchronous=OFF")
+        with conn:
+            conn.executemany(
+                "INSERT INTO agents (id, account_id, name, name_key, prompt, creator_id,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (i, f"guild:{i // 10}", f"Agent{i}", f"agent{i}", "Be kind.", "1", now, now)
+                    for i in range(1, agents + 1)
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO documents (id, agent_id, name, kind, pages, chunks, tokens,"
+                " uploader_id, created_at) VALUES (?, ?, ?, 'pdf', 10, ?, ?, '1', ?)",
+                (
+                    (i, i, f"paper{i}.pdf", per_agent, per_agent * 250, now)
+                    for i in range(1, agents + 1)
+                ),
+            )
+            for agent_id in range(1, agents + 1):
+                vectors = rng.standard_normal((per_agent, DIMENSIONS), dtype=np.float32)
+                conn.executemany(
+                    "INSERT INTO chunks (document_id, agent_id, idx, page, text, embedding)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        (
+                            agent_id,
+                            agent_id,
+                            i,
+                            i // 10,
+                            CHUNK_TEXT,
+                            vectors[i].astype("<f4").tobytes(),
+                        )
+                        for i in range(per_agent)
+                    ),
+                )
+    finally:
+        conn.close()
+
+
+# ---- the figures ------------------------------------------------------------------------
+
+
+def run(quick: bool) -> list[Figure]:
+    agents, chunks, sample = (50, 2_000, 10) if quick else (1_000, 100_000, 100)
+    # One agent may hold as many chunks as its account (limits.max_chunks_per_account).
+    from bot.config import LimitsSettings
+
+    limit = LimitsSettings().max_chunks_per_account
+    largest = 2_000 if quick else limit
+    size = f"{agents:,} agents, {chunks:,} chunks"
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="memory-bench-") as name:
+        folder = Path(name)
+        data = folder / "data"
+        data.mkdir()
+        bare = _measure("bare", folder / "unused.db", data)
+        idle = _measure("idle", folder / "idle.db", data)
+        started = time.perf_counter()
+        loaded_db = folder / "loaded.db"
+        build_database(loaded_db, agents, chunks)
+        built = time.perf_counter() - started
+        loaded = _measure("sample", loaded_db, data, sample)
+        every = _measure("every", loaded_db, data)
+        big_db = folder / "largest.db"
+        build_database(big_db, 1, largest)
+        big = _measure("sample", big_db, data, 1)
+        base = bare["after"][0]
+        cap = loaded["cap"]  # the default, read in the child that did not lift it
+        at_limit = " (the account limit)" if largest == limit else ""
+        idle_now, idle_peak = idle["after"]
+        figures += [
+            Figure(BENCH, "bare `import discord, openai, aiosqlite` (baseline)", base, "MiB"),
+            Figure(BENCH, "idle bot, current", idle_now, "MiB"),
+            Figure(BENCH, "idle bot, peak", idle_peak, "MiB"),
+            Figure(BENCH, "idle bot / bare import", idle_now / base, "x"),
+            Figure(BENCH, f"database build ({size})", built, "s"),
+            Figure(BENCH, f"database file ({size})", loaded_db.stat().st_size / MIB, "MiB"),
+            Figure(BENCH, f"bot on {size}, opened, current", loaded["open"][0], "MiB"),
+            Figure(
+                BENCH,
+                f"after retrieval over {loaded['queried']} agents (cache cap "
+                f"{loaded['cap']}: {loaded['cached_agents']} cached), current",
+                loaded["after"][0],
+                "MiB",
+            ),
+            Figure(BENCH, "  same, peak", loaded["after"][1], "MiB"),
+            Figure(BENCH, "  same, retrieval cache arrays", loaded["cache_mib"], "MiB"),
+            Figure(
+                BENCH,
+                f"after retrieval over every agent (cap lifted to {every['cap']}: "
+                f"{every['cached_agents']} cached), current",
+                every["after"][0],
+                "MiB",
+            ),
+            Figure(BENCH, "  same, peak", every["after"][1], "MiB"),
+            Figure(BENCH, "  same, retrieval cache arrays", every["cache_mib"], "MiB"),
+            Figure(
+                BENCH,
+                "  same, ms per agent (cold cache)",
+                every["seconds"] / every["queried"] * 1e3,
+                "ms",
+            ),
+            Figure(
+                BENCH,
+                f"one agent of {largest:,} chunks{at_limit}, its cache arrays",
+                big["cache_mib"],
+                "MiB",
+            ),
+            Figure(BENCH, "  same, current after the load", big["after"][0], "MiB"),
+            Figure(BENCH, "  same, peak", big["after"][1], "MiB"),
+            # What loading it cost on top of the opened bot, per byte it keeps: the rows,
+            # their joined copy and the normalised copy are all alive at once.
+            Figure(
+                BENCH,
+                "  same, (peak - opened) / cache arrays",
+                (big["after"][1] - big["open"][0]) / big["cache_mib"],
+                "x",
+            ),
+            # Not measured: what the default cap allows when every cached agent is that big.
+            Figure(
+                BENCH,
+                f"cache bound at cap {cap} x {largest:,} chunks (computed)",
+                cap * big["cache_mib"],
+                "MiB",
+            ),
+        ]
+    return figures
+
+
+if __name__ == "__main__":
+    cli(run)
