@@ -20,6 +20,7 @@ import hmac
 import json
 import multiprocessing
 import random
+import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import Any
 from aiohttp import ClientSession, TCPConnector, web
 from pydantic import SecretStr
 
-from bench.report import Figure, cli, percentile
+from bench.report import Figure, cli, median, percentile
 from bot.config import Config, Secrets, StorageSettings
 from bot.webhooks import build_app
 from ledger import Ledger
@@ -234,6 +235,26 @@ async def _measure(pipe: Connection, folder: Path, count: int) -> list[Figure]:
     return figures
 
 
+def commit_ms(folder: Path, commits: int = 50) -> float:
+    """One durable SQLite commit (WAL, synchronous=FULL, as the ledger does) on the disk
+    of the temp dir: the floor of an event's latency, since each commit waits for fsync."""
+    conn = sqlite3.connect(folder / "fsync.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        samples = []
+        for i in range(commits):
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
+            conn.execute("COMMIT")
+            samples.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    return median(samples) * 1e3
+
+
 def run(quick: bool) -> list[Figure]:
     count = 400 if quick else 4000
     bodies = events(count, subscriptions=max(50, count // 4), replay_share=0.25)
@@ -245,12 +266,14 @@ def run(quick: bool) -> list[Figure]:
     try:
         with tempfile.TemporaryDirectory(prefix="webhooks-bench-") as folder:
             figures = asyncio.run(_measure(ours, Path(folder), count))
+            fsync = commit_ms(Path(folder))
     finally:
         ours.send(None)
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
     figures.insert(0, Figure(BENCH, "events per run (25% replays)", count, ""))
+    figures.append(Figure(BENCH, "one fsync'd SQLite commit on this disk (context)", fsync, "ms"))
     return figures
 
 
