@@ -54,6 +54,7 @@ def _rss() -> tuple[float, float]:
 async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> dict[str, Any]:
     from bot.app import AgentBot
     from bot.config import Config, StorageSettings
+    from bot.retrieval import top_indices
     from bot.services import Services
 
     config = Config(storage=StorageSettings(database=database, data_dir=data_dir))
@@ -73,6 +74,9 @@ async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> 
             else:
                 agents = random.Random(6).sample(agents, min(sample, len(agents)))
             queries = np.random.default_rng(6).standard_normal((8, DIMENSIONS), dtype=np.float32)
+            # Start the default executor's thread and numpy's BLAS outside the timing.
+            await asyncio.to_thread(top_indices, queries, queries[0], 1)
+            result["ready"] = _rss()
             started = time.perf_counter()
             for index, agent_id in enumerate(agents):
                 if not await retriever.top_k(agent_id, queries[index % len(queries)], k=5):
@@ -256,14 +260,15 @@ def run(quick: bool) -> list[Figure]:
                 big["cache_mib"],
                 "MiB",
             ),
+            Figure(BENCH, "  same, first retrieval (loads the cache)", big["seconds"] * 1e3, "ms"),
             Figure(BENCH, "  same, current after the load", big["after"][0], "MiB"),
             Figure(BENCH, "  same, peak", big["after"][1], "MiB"),
-            # What loading it cost on top of the opened bot, per byte it keeps: the rows,
+            # What loading it cost on top of the bot before the load, per byte it keeps: the rows,
             # their joined copy and the normalised copy are all alive at once.
             Figure(
                 BENCH,
-                "  same, (peak - opened) / cache arrays",
-                (big["after"][1] - big["open"][0]) / big["cache_mib"],
+                "  same, (peak - before the load) / cache arrays",
+                (big["after"][1] - big["ready"][0]) / big["cache_mib"],
                 "x",
             ),
             # Not measured: what the default cap allows when every cached agent is that big.
