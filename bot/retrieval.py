@@ -53,9 +53,14 @@ def top_indices(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarr
 
 
 class Retriever:
-    def __init__(self, repo: Repository, max_cached_agents: int = 64) -> None:
+    def __init__(
+        self, repo: Repository, max_cached_agents: int = 64, max_cached_bytes: int = 256 * 2**20
+    ) -> None:
         self.repo = repo
         self.max_cached = max_cached_agents
+        # Agents differ a thousandfold in size: one may hold its account's 20,000 chunks
+        # (117 MiB), so a count alone would let 64 of them keep 7 GiB. The bytes bound it too.
+        self.max_cached_bytes = max_cached_bytes
         self._cache: dict[int, _Matrix] = {}
 
     def invalidate(self, agent_id: int) -> None:
@@ -78,9 +83,14 @@ class Retriever:
         else:
             vectors = np.empty((0, 0), dtype=np.float32)
         matrix = _Matrix(version, ids, vectors.astype(np.float32, copy=False))
-        if len(self._cache) >= self.max_cached:
-            self._cache.pop(next(iter(self._cache)))
+        self._cache.pop(agent_id, None)  # a stale copy: replaced, not a reason to evict
         self._cache[agent_id] = matrix
+        # Oldest first; the matrix just loaded always stays, even alone over the budget.
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.max_cached
+            or sum(m.vectors.nbytes for m in self._cache.values()) > self.max_cached_bytes
+        ):
+            self._cache.pop(next(iter(self._cache)))
         return matrix
 
     async def top_k(self, agent_id: int, query: np.ndarray, k: int = 5) -> list[Hit]:
