@@ -287,6 +287,9 @@ class CommandRunner:
         self.permissions = StandInPermissions(manage_guild=manage_guild)
         self.load_attachment = attachment_loader
         self.channel_id = 1
+        # A channel object to run in instead of the plain stand-in one (tests use
+        # subclasses of discord.TextChannel and discord.Thread here).
+        self.channel: Any = None
 
     def find(self, path: list[str]) -> app_commands.Command[Any, ..., Any]:
         found: Any = self.bot.tree.get_command(path[0])
@@ -317,6 +320,9 @@ class CommandRunner:
             channel_id=self.channel_id,
         )
         interaction.command = command
+        if self.channel is not None:
+            interaction.channel = self.channel
+            interaction.channel_id = self.channel.id
         try:
             if not await command._check_can_run(interaction):  # type: ignore[arg-type]
                 raise app_commands.CheckFailure(f"checks of /{command.qualified_name} failed")

@@ -11,11 +11,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat import MESSAGE_MAX, ChatAnswer
-from bot.front import NO_MENTIONS, actor_of, reply, split_message
+from bot.front import (
+    NO_MENTIONS,
+    actor_of,
+    error_text,
+    insufficient_embed,
+    reply,
+    split_message,
+)
 from bot.metering import Actor
 from bot.repository import Agent
 from cogs._base import FeatureCog, agent_names
-from ledger import guild_account
+from ledger import InsufficientTokens, guild_account
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +131,11 @@ class ChatCog(FeatureCog):
                     actor, agent.name, str(channel.id), message.content
                 )
             await self.speak(channel, agent, answer)
+        except InsufficientTokens as error:  # the spec's message, as /chat shows it
+            await channel.send(
+                embed=insufficient_embed("This chat message", error), allowed_mentions=NO_MENTIONS
+            )
         except Exception as error:  # a plain message has no interaction to report to
-            from bot.front import error_text
-
             log.info("chat from a thread message failed: %s", type(error).__name__)
             await channel.send(f"❌ {error_text(error)}", allowed_mentions=NO_MENTIONS)
 
