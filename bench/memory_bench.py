@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import Figure, cli
+from bot.config import LimitsSettings
 
 BENCH = "memory"
 DIMENSIONS = 1536  # text-embedding-3-small
@@ -156,8 +157,8 @@ async def _schema(database: Path) -> None:
         await ledger.close()
 
 
-def build_database(database: Path, agents: int, chunks: int) -> None:
-    """`agents` agents (10 to an account), one document each, `chunks` chunks shared
+def build_database(database: Path, agents: int, chunks: int, per_account: int = 10) -> None:
+    """`agents` agents (`per_account` to an account), one document each, `chunks` chunks shared
     evenly, random unit-free float32 embeddings, inserted in bulk with plain SQL."""
     asyncio.run(_schema(database))
     per_agent = chunks // agents
@@ -172,7 +173,16 @@ def build_database(database: Path, agents: int, chunks: int) -> None:
                 "INSERT INTO agents (id, account_id, name, name_key, prompt, creator_id,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (i, f"guild:{i // 10}", f"Agent{i}", f"agent{i}", "Be kind.", "1", now, now)
+                    (
+                        i,
+                        f"guild:{i // per_account}",
+                        f"Agent{i}",
+                        f"agent{i}",
+                        "Be kind.",
+                        "1",
+                        now,
+                        now,
+                    )
                     for i in range(1, agents + 1)
                 ),
             )
@@ -211,8 +221,6 @@ def build_database(database: Path, agents: int, chunks: int) -> None:
 def run(quick: bool) -> list[Figure]:
     agents, chunks, sample = (50, 2_000, 10) if quick else (1_000, 100_000, 100)
     # One agent may hold as many chunks as its account (limits.max_chunks_per_account).
-    from bot.config import LimitsSettings
-
     limit = LimitsSettings().max_chunks_per_account
     largest = 1_000 if quick else limit
     size = f"{agents:,} agents, {chunks:,} chunks"
@@ -230,7 +238,7 @@ def run(quick: bool) -> list[Figure]:
         loaded = _measure("sample", loaded_db, data, sample)
         every = _measure("every", loaded_db, data)
         big_db = folder / "largest.db"
-        build_database(big_db, 3, 3 * largest)
+        build_database(big_db, 3, 3 * largest, per_account=1)  # each within its limit
         bigs = _measure("sample", big_db, data, 3)
         big = bigs["first"]
         base = bare["after"][0]
