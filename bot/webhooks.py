@@ -45,7 +45,9 @@ def signature(secret: str, body: bytes) -> str:
 def parse_event(body: bytes) -> BillingEvent:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer over Python's
+    # digit limit; RecursionError is nesting deeper than the interpreter's stack.
+    except (ValueError, RecursionError):
         raise InvalidEvent("the body is not JSON") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("the body is not a JSON object")

@@ -226,6 +226,8 @@ async def test_test_mode_events_only_in_test_mode(tmp_path: Path, billing_ledger
         (b"", None, 400),  # empty
         (b"[1, 2]", None, 400),
         (json.dumps({"meta": {"event_name": 5}, "data": {}}).encode(), None, 400),
+        (b"[" * 100_000 + b"]" * 100_000, None, 400),  # RecursionError in json: was a 500
+        (b"[" + b"9" * 5_000 + b"]", None, 400),  # over int's 4,300 digits: was a 500
         (b"{" + b" " * (1024 * 1024 + 10) + b"}", None, 413),  # oversized
     ],
 )
