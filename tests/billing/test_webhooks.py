@@ -294,6 +294,26 @@ async def test_wrongly_typed_fields_are_not_a_500(sidecar: Sidecar, billing_ledg
     assert await billing_ledger.verify() == []
 
 
+async def test_a_date_with_no_utc_form_is_not_a_500(
+    sidecar: Sidecar, billing_ledger: Ledger
+) -> None:
+    """9999-12-31T23:59:59-12:00 is valid ISO but past datetime's range once in UTC: the
+    renewal that started a period to it raised OverflowError, a 500 at every retry."""
+    edge = "9999-12-31T23:59:59-12:00"
+    await sidecar.post(subscription("subscription_created", renews_at=edge))
+    status, data = await sidecar.post(
+        invoice("subscription_payment_success", billing_reason="renewal")
+    )
+    assert status == 200 and data["outcome"] == "applied"
+    balance = await billing_ledger.balance(ACCOUNT)  # unreadable renews_at: a month from now
+    assert balance.plan_type == "pro" and balance.period_end.isoformat().startswith("2026-12-24")
+    expired = subscription("subscription_expired", status="expired", updated_at=edge)
+    status, data = await sidecar.post(expired)  # an unreadable updated_at orders nothing
+    assert status == 200 and data["outcome"] == "invalid"
+    assert (await billing_ledger.balance(ACCOUNT)).plan_type == "pro"
+    assert await billing_ledger.verify() == []
+
+
 async def test_healthz(sidecar: Sidecar) -> None:
     response = await sidecar.client.get("/healthz")
     assert response.status == 200
