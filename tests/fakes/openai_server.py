@@ -100,6 +100,10 @@ class FakeOpenAI:
         self.base_url = ""
         self.in_flight = 0
         self.max_in_flight = 0
+        # Optional: called with ("received" | "completed", record) when a request has
+        # arrived and when its successful answer is built (not yet sent), so that a test
+        # can act at that very moment (the crash suite kills its child there).
+        self.hook: Callable[[str, Recorded], None] | None = None
 
     # ---- what tests tell it -----------------------------------------------------------
 
@@ -160,6 +164,8 @@ class FakeOpenAI:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.hook is not None:
+                self.hook("received", record)
             if self.latency:
                 await asyncio.sleep(self.latency)
             failure = self._numbered.pop((endpoint, number), None)
@@ -171,6 +177,8 @@ class FakeOpenAI:
                 record.failed = failure
                 return await self._fail(failure)
             payload = getattr(self, f"_{endpoint}")(body, record)
+            if self.hook is not None:
+                self.hook("completed", record)
             return web.json_response(payload)
         finally:
             self.in_flight -= 1
