@@ -12,6 +12,8 @@ Promises:
   no text is said to look scanned: OCR is not supported).
 - `Extracted.pages` holds one string per PDF page; a text or Markdown file is a single
   page (`page_count == 1`), so its chunks all cite page 1.
+- The work of one PDF is bounded (content bytes, operators, characters of text): a small
+  file that expands to gigabytes of text is refused as too much content, and quickly.
 - `progress(page_index, page_count)` is called after each page (0-based index) so a
   caller can show "page n of m"; it runs on the extracting thread.
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 
 from bot.errors import InvalidInput
 
@@ -47,6 +50,13 @@ ACCEPTED = "a PDF, a plain-text (.txt) or a Markdown (.md) file"
 MAX_CONTROL_RATIO = 0.01
 # Some generators put junk before the header; readers accept it within the first 1 KB.
 PDF_HEADER_WINDOW = 1024
+# Work limits of one PDF. A few KB of PDF can expand into gigabytes of text: a zlib
+# content stream expands up to 75 MB (pypdf's own limit), every page may show the same
+# one, and a page may draw a text "form" 5,000 times. Real documents of 300 pages stay
+# far below these: about 3 million characters, a million operators, 10 MB of content.
+MAX_PDF_CONTENT_BYTES = 32 * 1024 * 1024
+MAX_PDF_OPERATIONS = 5_000_000
+MAX_PDF_TEXT_CHARS = 10_000_000
 
 _MB = 1024 * 1024
 # C0 controls except tab, newline, carriage return and form feed, plus DEL; then C1
@@ -134,9 +144,17 @@ def _extract_pdf(data: bytes, *, max_pages: int, progress: Progress | None) -> E
 
     pages: list[str] = []
     failed = 0
+    budget = _Budget()
     for index in range(count):
         try:
-            raw = reader.pages[index].extract_text() or ""
+            page = reader.pages[index]
+            budget.content(page.get_contents())
+            raw = (
+                page.extract_text(visitor_operand_before=budget.operator, visitor_text=budget.text)
+                or ""
+            )
+        except _OverBudget:
+            raise InvalidInput(_TOO_MUCH_PDF) from None
         except Exception as error:
             # One broken page should not lose the other 299: it counts as empty.
             log.info("PDF page %d unreadable: %r", index + 1, error)
@@ -171,6 +189,43 @@ def _unlock(reader: PdfReader) -> None:
             "the password (for example by printing it to a new PDF) and upload it again."
         )
 
+
+class _OverBudget(BaseException):
+    """Stops a PDF's extraction at a work limit. A BaseException on purpose: pypdf
+    catches Exception around each form it draws, which would only skip that form."""
+
+
+class _Budget:
+    """Counts the work of one PDF's extraction; pypdf calls it for each operator and
+    piece of text (inside forms too), so no page can run on past the limits."""
+
+    def __init__(self) -> None:
+        self.content_bytes = 0
+        self.operations = 0
+        self.characters = 0
+
+    def content(self, stream: ContentStream | None) -> None:
+        # Counted before parsing: a page's whole stream is parsed before any operator.
+        self.content_bytes += len(stream.get_data()) if stream is not None else 0
+        if self.content_bytes > MAX_PDF_CONTENT_BYTES:
+            raise _OverBudget
+
+    def operator(self, *_: object) -> None:
+        self.operations += 1
+        if self.operations > MAX_PDF_OPERATIONS:
+            raise _OverBudget
+
+    def text(self, text: str, *_: object) -> None:
+        self.characters += len(text)
+        if self.characters > MAX_PDF_TEXT_CHARS:
+            raise _OverBudget
+
+
+_TOO_MUCH_PDF = (
+    "That PDF holds more content than one document can (over "
+    f"{MAX_PDF_TEXT_CHARS // 1_000_000} million characters of text, or pages too complex "
+    "to read). Please split it into smaller files."
+)
 
 _DAMAGED_PDF = (
     "That PDF is damaged or incomplete and could not be read. "
