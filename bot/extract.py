@@ -5,7 +5,8 @@ Promises:
   pypdf); anything else must decode as text. The file name is used only to tell
   Markdown from plain text, never to accept a type.
 - Text is decoded as UTF-8 (a BOM is removed), else UTF-32/UTF-16 when a BOM says so,
-  else cp1252/Latin-1 when the bytes look like text (almost no control characters).
+  else cp1252/Latin-1 when the bytes look like text (almost no control characters) and
+  not like Chinese, Japanese or Korean in a legacy encoding (refused: save as UTF-8).
 - Every refusal is an `InvalidInput` with a sentence a member understands: empty, over
   the byte limit, not a supported type (images, archives, other binaries), a
   password-protected PDF, a damaged PDF, too many pages, no text (a PDF with pages but
@@ -276,6 +277,8 @@ def _decode_text(data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
+        if _legacy_cjk(data):
+            raise InvalidInput(_LEGACY_CJK) from None
         # Legacy Windows/Western text. cp1252 leaves five bytes undefined; Latin-1
         # decodes anything, which is why the control-character check follows.
         try:
@@ -283,6 +286,32 @@ def _decode_text(data: bytes) -> str:
         except UnicodeDecodeError:
             text = data.decode("latin-1")
     return _checked_text(text, data)
+
+
+# Chinese, Japanese and Korean text saved in a pre-Unicode encoding (GBK, Big5,
+# Shift-JIS, EUC-JP, EUC-KR) decodes as cp1252/Latin-1 without an error, as nonsense
+# that would be embedded and charged. Western text has few non-ASCII bytes, and they are
+# rarely all valid pairs of a double-byte encoding, so both together say "CJK".
+_CJK_CODECS = ("gbk", "big5", "shift_jis", "euc_jp", "cp949")
+_CJK_MIN_HIGH_RATIO = 0.3
+_LEGACY_CJK = (
+    "That text file seems to be Chinese, Japanese or Korean text saved in an older "
+    "encoding (such as GBK, Big5 or Shift-JIS), which would be read as nonsense. "
+    "Please save it as UTF-8 and upload it again."
+)
+
+
+def _legacy_cjk(data: bytes) -> bool:
+    high = len(data.translate(None, bytes(range(128))))  # bytes >= 0x80, counted in C
+    if high < _CJK_MIN_HIGH_RATIO * len(data):
+        return False
+    for codec in _CJK_CODECS:
+        try:
+            data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        return True
+    return False
 
 
 def _checked_text(text: str, data: bytes) -> str:
