@@ -63,6 +63,10 @@ _MB = 1024 * 1024
 # C0 controls except tab, newline, carriage return and form feed, plus DEL; then C1
 # controls, which decoded text only contains when bytes were misread.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\x80-\x9f]")
+# Characters that show nothing: zero-width spaces and joiners, direction marks and
+# overrides, the word joiner, soft hyphen, BOM. A file of only these has no text to
+# learn from, and embedding them would charge for nothing.
+_INVISIBLE = re.compile(r"[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def extract(
     if start is not None:
         return _extract_pdf(data[start:], max_pages=max_pages, progress=progress)
     text = _decode_text(data)
-    if not text.strip():
+    if not _INVISIBLE.sub("", text).strip():
         raise InvalidInput("That file has no text in it.")
     if progress is not None:
         progress(0, 1)
