@@ -361,6 +361,7 @@ def _check_database(db: Path, fake: Any, case: Case, reports: list[dict[str, Any
             "SELECT * FROM usage_limits WHERE account_id = ?", (ACCOUNT,)
         ).fetchone()
         pending = conn.execute("SELECT COUNT(*) FROM holds WHERE status = 'pending'").fetchone()[0]
+        holds = dict(conn.execute("SELECT status, COUNT(*) FROM holds GROUP BY status").fetchall())
         events = conn.execute(
             "SELECT body_sha256, outcome, received_at FROM webhook_events ORDER BY id"
         ).fetchall()
@@ -395,6 +396,9 @@ def _check_database(db: Path, fake: Any, case: Case, reports: list[dict[str, Any
     assert balance["bonus_tokens"] == granted - drawn
     assert balance["tokens_used"] <= case.allowance
     assert balance["tokens_held"] == 0 and pending == 0
+    # Every hold was committed by its own process: no sweeper (the sidecar's, the other
+    # workers') expired a live one, and no call failed.
+    assert holds == {"committed": len(ok)}
 
     # Each distinct event body is recorded once; each change of plan happened once.
     sequences = _events(case)
