@@ -43,10 +43,13 @@ def tag(n: int) -> str:
     return f"op#{n}#"
 
 
-def document_text(n: int) -> str:
-    """A small text document (one to three chunks, one embeddings request) for op N."""
-    sentence = f"Pulsars of catalogue {n} spin fast and sweep beams across the sky. "
-    return f"{tag(n)} Notes on neutron stars.\n\n" + sentence * (8 + (n * 7) % 60)
+def document_text(n: int, big: bool = False) -> str:
+    """A text document for op N: small (one to seven chunks, one embeddings request) or
+    big (382 chunks: two requests). Every sentence carries the op's mark, so every
+    chunk, and so every embeddings request, names its op."""
+    sentence = f"{tag(n)} Pulsars of catalogue {n} spin fast and sweep beams across the sky. "
+    count = 4200 if big else 8 + (n * 7) % 60
+    return f"{tag(n)} Notes on neutron stars.\n\n" + sentence * count
 
 
 def chat_message(n: int) -> str:
@@ -89,9 +92,9 @@ async def _op(bot: AgentBot, plan: dict[str, Any], op: dict[str, Any], uploads: 
     match op["kind"]:
         case "avatar":
             path, options = ["avatar", "generate"], {"style": f"{tag(n)} watercolor"}
-        case "document":
+        case "document" | "big_document":
             file = uploads / f"op{n}.txt"
-            file.write_text(document_text(n), encoding="utf-8")
+            file.write_text(document_text(n, op["kind"] == "big_document"), encoding="utf-8")
             path, options = ["docs", "upload"], {"file": str(file)}
         case "chat":
             path, options = ["chat"], {"message": chat_message(n)}

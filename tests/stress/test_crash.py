@@ -66,9 +66,29 @@ ACCOUNT = f"guild:{GUILD}"
 AGENTS = ("Nova", "Orion", "Vega")
 AVATAR_COST = 5000  # costs.avatar_generation's default: a flat price
 MODES = ("before_call", "in_flight", "completed", "after_response", "commit", "random")
-KINDS = ("avatar", "document", "chat")
+KINDS = ("avatar", "document", "chat", "big_document")
+KIND_WEIGHTS = (3, 3, 4, 0.6)
 # The endpoint whose request decides an op's fate (a chat may embed its question first).
-MAIN_ENDPOINT = {"avatar": "images", "document": "embeddings", "chat": "chat"}
+MAIN_ENDPOINT = {
+    "avatar": "images",
+    "document": "embeddings",
+    "big_document": "embeddings",
+    "chat": "chat",
+}
+# What each op sends at most; a charged op sent all of it (a chat embeds its question
+# only once its agent has documents). A big document is embedded in two requests.
+CALLS: dict[str, Counter[str]] = {
+    "avatar": Counter(images=1),
+    "document": Counter(embeddings=1),
+    "big_document": Counter(embeddings=2),
+    "chat": Counter(chat=1, embeddings=1),
+}
+OPERATION = {
+    "avatar": "avatar_generation",
+    "document": "document_upload",
+    "big_document": "document_upload",
+    "chat": "chat",
+}
 WORKERS = 2
 OPS_PER_WORKER = 4
 TAG = re.compile(r"op#(\d+)#")
@@ -188,7 +208,7 @@ def plan_rounds(seed: int, rounds: int) -> list[RoundPlan]:
             [
                 Op(
                     number * 100 + w * OPS_PER_WORKER + i,
-                    rng.choices(KINDS, weights=(3, 3, 4))[0],
+                    rng.choices(KINDS, weights=KIND_WEIGHTS)[0],
                     rng.choice(AGENTS),
                 )
                 for i in range(OPS_PER_WORKER)
@@ -305,6 +325,7 @@ class Figures:
     killed: int = 0
     modes: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    stored: Counter[str] = field(default_factory=Counter)  # charged ops by kind
     released_at_start: int = 0
     completed_uncharged: int = 0  # every call of the op completed at the fake; no charge
     orphan_files: int = 0
@@ -314,6 +335,7 @@ class Figures:
             f"crash suite (seed {seed}): {self.rounds} rounds survived, {self.killed} kills;"
             f" kill points {dict(sorted(self.modes.items()))};"
             f" ops {dict(sorted(self.outcomes.items()))};"
+            f" charged and stored {dict(sorted(self.stored.items()))};"
             f" completed at the fake but released, not charged {self.completed_uncharged};"
             f" holds released at start-up {self.released_at_start};"
             f" avatar files no agent points to {self.orphan_files}"
@@ -386,6 +408,7 @@ async def check_books(
 ) -> list[str]:
     """Every invariant of the module docstring, for every op of every round so far."""
     figures.outcomes = Counter()  # recounted from scratch: every op, every round
+    figures.stored = Counter()
     figures.completed_uncharged = 0
     problems = [f"verify: {v}" for v in await services.ledger.verify()]
     balance = await services.ledger.balance(ACCOUNT)
@@ -449,21 +472,21 @@ async def check_books(
         done = [r for r in calls if completed(r)]
         if len(mine) > 1:
             problems.append(f"op {n} ({op.kind}) charged {len(mine)} times: {mine}")
-        if calls and max(Counter(r.endpoint for r in calls).values()) > 1:
-            problems.append(f"op {n} sent a request twice: {[r.endpoint for r in calls]}")
+        sent = Counter(r.endpoint for r in calls)
+        if sent - CALLS[op.kind]:
+            problems.append(f"op {n} ({op.kind}) sent more than it should: {dict(sent)}")
         stored = turns[n] if op.kind == "chat" else len(documents.get(n, []))
         if mine:
             operation, charged = mine[0]
-            expected_operation = {
-                "avatar": "avatar_generation",
-                "document": "document_upload",
-                "chat": "chat",
-            }[op.kind]
-            main = [r for r in done if r.endpoint == MAIN_ENDPOINT[op.kind]]
-            if operation != expected_operation or len(main) != 1 or len(done) != len(calls):
+            main = MAIN_ENDPOINT[op.kind]
+            if (
+                operation != OPERATION[op.kind]
+                or len(done) != len(calls)
+                or sent[main] != CALLS[op.kind][main]
+            ):
                 problems.append(
-                    f"op {n} ({op.kind}) charged as {operation} without its completed call"
-                    f" ({len(calls)} requests, {len(done)} completed)"
+                    f"op {n} ({op.kind}) charged as {operation} without its completed calls"
+                    f" ({dict(sent)} sent, {len(done)} completed)"
                 )
             expected = (
                 AVATAR_COST if op.kind == "avatar" else sum(r.usage["total_tokens"] for r in done)
@@ -483,26 +506,27 @@ async def check_books(
                         f" {doc['stored']} of {doc['chunks']} chunks, charged {charged}"
                     )
             figures.outcomes["charged, delivered" if n in delivered else "charged, reply lost"] += 1
+            figures.stored[op.kind] += 1
             continue
         if n in delivered:
             problems.append(f"op {n} ({op.kind}) was delivered to the member but never charged")
         if op.kind != "avatar" and stored:
             problems.append(f"op {n} ({op.kind}) stored {stored} results and was never charged")
         # Not charged: why (at the moment of the kill of its round).
-        before = killed_at.get(n // 100, set())
-        main_calls = [r for r in calls if r.endpoint == MAIN_ENDPOINT[op.kind]]
+        main = MAIN_ENDPOINT[op.kind]
+        answered = [r for r in calls if id(r) in killed_at.get(n // 100, set())]
         if n not in begun:
             outcome = "never started"
         elif not calls:
             outcome = "killed before its call"
-        elif any(id(r) in before for r in main_calls):
+        elif Counter(r.endpoint for r in answered)[main] == CALLS[op.kind][main]:
             outcome = "completed at the fake, released"
-        elif main_calls:
-            outcome = "killed in flight, released"
-        else:
+        elif answered:
             outcome = "killed between its calls, released"
+        else:
+            outcome = "killed in flight, released"
         figures.outcomes[outcome] += 1
-        if done and len(done) == len(calls) and main_calls:
+        if sent[main] == CALLS[op.kind][main] and len(done) == len(calls):
             figures.completed_uncharged += 1
 
     referenced: set[str] = set()
