@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bot.ai import AIGateway
+from bot.ai import AIGateway, _vector
 from bot.config import OpenAISettings
 from bot.errors import AIUnavailable, ContentRejected
 
@@ -55,6 +57,16 @@ async def test_base64_and_float_embeddings_agree(gateways: Any, fake_openai: Any
     assert as_float.vectors.shape == (3, 1536) and as_float.vectors.dtype == np.float32
     assert np.allclose(as_float.vectors, as_base64.vectors)
     assert as_float.total_tokens == as_base64.total_tokens > 0
+    assert as_base64.vectors.dtype == np.float32
+
+
+def test_a_vector_decodes_from_base64_or_from_floats() -> None:
+    values = np.array([0.5, -1.25, 3.0], dtype="<f4")
+    encoded = base64.b64encode(values.tobytes()).decode()
+    assert _vector(encoded).tolist() == [0.5, -1.25, 3.0]
+    assert _vector([0.5, -1.25, 3.0]).dtype == np.float32  # a server that ignored the format
+    with pytest.raises(binascii.Error):
+        _vector("not base64!")
 
 
 @pytest.mark.parametrize(
