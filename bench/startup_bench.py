@@ -142,7 +142,7 @@ async def _in_process_figures(folder: Path, runs: int) -> list[Figure]:
 
 
 def run(quick: bool) -> list[Figure]:
-    runs = 1 if quick else 7  # each run is four processes of about a second
+    runs = 1 if quick else 5  # each run is four processes of about a second
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as name:
         folder = Path(name)
         figures = _subprocess_figures(folder, runs)
