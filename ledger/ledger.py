@@ -43,6 +43,10 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "pro": Plan("pro", 10_000_000, 0),
 }
 
+# The instances this process has open: any other instance recorded with our pid on this
+# host is a dead process whose pid was reused by us.
+_OPENED_HERE: set[str] = set()
+
 
 class Ledger:
     def __init__(
@@ -97,6 +101,7 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
             self._maintenance = None
+        _OPENED_HERE.discard(self.instance_id)
         try:
             await self.store.write(self._retire_op)
         finally:
@@ -543,6 +548,7 @@ class Ledger:
             )
 
         await self.store.write(op)
+        _OPENED_HERE.add(self.instance_id)
 
     async def renew_lease(self) -> None:
         async def op(conn: aiosqlite.Connection) -> None:
@@ -607,12 +613,22 @@ class Ledger:
     async def _dead_here(self, conn: aiosqlite.Connection) -> list[str]:
         """Instances on this host whose process is gone: their holds need not wait for the
         lease to lapse. Only a definite "no such process" counts; a reused pid looks alive
-        and simply leaves the hold to the lease, which is the safe way to be wrong."""
+        and simply leaves the hold to the lease, which is the safe way to be wrong. Our own
+        pid is the exception: an instance with it that this process did not open belongs to
+        a dead process whose pid we were given, as PID 1 of a container restarted in place."""
         rows = await conn.execute_fetchall(
             "SELECT instance_id, pid FROM instances WHERE hostname = ? AND instance_id != ?",
             (socket.gethostname(), self.instance_id),
         )
-        return [r["instance_id"] for r in rows if not _process_alive(r["pid"])]
+        return [
+            r["instance_id"]
+            for r in rows
+            if (
+                r["instance_id"] not in _OPENED_HERE
+                if r["pid"] == os.getpid()
+                else not _process_alive(r["pid"])
+            )
+        ]
 
     async def _retire_op(self, conn: aiosqlite.Connection) -> None:
         rows = await conn.execute_fetchall(

@@ -123,6 +123,7 @@ async def main() -> int:
     meter_log = logging.getLogger("bot.metering")
     meter_log.setLevel(logging.INFO)
     meter_log.addHandler(_Progress())
+    meter_log.propagate = False  # standard error keeps the warnings only
     line = await asyncio.to_thread(sys.stdin.readline)
     if not line.strip():
         return 0  # the test had no more rounds for this spare child

@@ -40,9 +40,11 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,6 +188,9 @@ class RoundPlan:
     target: Op
     lines: int  # for "random": kill after this many progress lines
     delay: float  # seconds between the trigger and the kill
+    # The bot comes back with the dead one's pid, on the same host: PID 1 of a container
+    # restarted in place (docker restart, a Kubernetes container restart) does.
+    same_pid: bool = False
 
     def ops(self) -> list[Op]:
         return [op for ops in self.workers for op in ops]
@@ -226,6 +231,8 @@ def plan_rounds(seed: int, rounds: int) -> list[RoundPlan]:
                 target=rng.choice([op for ops in workers for op in ops[:-1]]),
                 lines=rng.randint(1, 30),
                 delay=rng.uniform(0, delay),
+                # Every in-flight kill among them: it always leaves a hold pending.
+                same_pid=number % 2 == 1 or mode == "in_flight",
             )
         )
     return plans
@@ -327,6 +334,9 @@ class Figures:
     outcomes: Counter[str] = field(default_factory=Counter)
     stored: Counter[str] = field(default_factory=Counter)  # charged ops by kind
     released_at_start: int = 0
+    pending_at_kill: int = 0  # holds the dead child left pending, summed over rounds
+    same_pid: int = 0  # rounds restarted with the dead child's pid
+    same_pid_pending: int = 0  # the holds those rounds left pending
     completed_uncharged: int = 0  # every call of the op completed at the fake; no charge
     orphan_files: int = 0
 
@@ -337,7 +347,9 @@ class Figures:
             f" ops {dict(sorted(self.outcomes.items()))};"
             f" charged and stored {dict(sorted(self.stored.items()))};"
             f" completed at the fake but released, not charged {self.completed_uncharged};"
-            f" holds released at start-up {self.released_at_start};"
+            f" holds pending at the kill {self.pending_at_kill}, released at start-up"
+            f" {self.released_at_start} ({self.same_pid} rounds restarted with the dead pid,"
+            f" {self.same_pid_pending} holds);"
             f" avatar files no agent points to {self.orphan_files}"
         )
 
@@ -607,6 +619,15 @@ async def crash_rounds(
         begun |= report.begun
         assert not report.errors, f"{where}: an error reached a member: {report.errors}"
 
+        pending = "SELECT COUNT(*) FROM holds WHERE status = 'pending'"
+        with closing(sqlite3.connect(config.storage.database)) as conn, conn:
+            left = conn.execute(pending).fetchone()[0]
+            figures.pending_at_kill += left
+            if plan.same_pid:
+                # The restarted bot (this process) has the pid the dead one had.
+                conn.execute("UPDATE instances SET pid = ? WHERE pid = ?", (os.getpid(), proc.pid))
+                figures.same_pid += 1
+                figures.same_pid_pending += left
         released = "SELECT COUNT(*) FROM holds WHERE reason = 'its process stopped'"
         services = await Services.open(config)  # as the bot starts: sweeps dead processes
         try:
@@ -626,6 +647,9 @@ async def test_metered_work_survives_sigkill(
     figures = await crash_rounds(8, tmp_path, fake_openai, children)
     assert figures.rounds == 8
     assert set(figures.modes) == set(MODES)  # every planned kill point was reached
+    # Regression: a bot restarted with its dead predecessor's pid (PID 1 of a container
+    # restarted in place) took the dead instance for itself and left its holds pending.
+    assert figures.same_pid_pending > 0
 
 
 @pytest.mark.slow
