@@ -778,6 +778,7 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
     renews_at = renews.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     figures: Counter[str] = Counter()
     sent: list[Event] = []
+    order: list[bool] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         victim, url = await start_sidecar(children, env)
         for number in range(rounds):
@@ -788,9 +789,12 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
                     await ledger.commit(hold, 1234)
 
             # Each account's events in order; the kill comes after `answers` answers
-            # plus a random delay of a few ms (an event takes about one fsync), or in a
-            # third of the rounds right after the first requests went out.
-            if rng.random() < 1 / 3:
+            # plus a random delay of a few ms (an event takes about one fsync), or in one
+            # round of each three right after the first requests went out.
+            if number % 3 == 0:
+                order = [True, False, False]
+                rng.shuffle(order)
+            if order[number % 3]:
                 answers, delay = 0, rng.uniform(0, 0.001)
             else:
                 answers, delay = rng.randrange(2 * ACCOUNTS_PER_ROUND), rng.uniform(0, 0.006)
@@ -816,7 +820,9 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
                         figures["not applied, applied by the retry"] += 1
                     sent.append(event)
             figures["rounds"] += 1
-            figures["killed after the first requests" if not answers else "killed mid-burst"] += 1
+            figures[
+                "killed after the first requests" if order[number % 3] else "killed mid-burst"
+            ] += 1
             await check_webhooks(db_path, sent, renews, f"seed {seed} round {number}")
 
         victim.send_signal(signal.SIGTERM)
