@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import math
@@ -54,11 +55,16 @@ def fake_tokens(text: str) -> int:
     return math.ceil(len(text) / 5) + 1
 
 
+@functools.lru_cache(maxsize=65_536)
+def _word_hash(word: str) -> int:
+    # Cached: a document repeats its words, and the fake's own time is not what the
+    # benchmarks measure (the real API's time is latency, which they set to zero).
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
 def bag_of_words(text: str, dimensions: int) -> np.ndarray:
-    vector = np.zeros(dimensions, dtype=np.float32)
-    for word in _WORD.findall(text.lower()):
-        bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-        vector[bucket % dimensions] += 1.0
+    buckets = [_word_hash(word) % dimensions for word in _WORD.findall(text.lower())]
+    vector = np.bincount(buckets, minlength=dimensions).astype(np.float32)
     norm = float(np.linalg.norm(vector))
     if norm == 0:
         vector[0] = 1.0
