@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,36 @@ class AvatarService:
                 log.info("🗑️ Deleted old avatar %s", old.name)
             except OSError:
                 log.warning("could not delete old avatar %s", old, exc_info=True)
+
+    async def sweep_files(self) -> int:
+        """Delete avatar files no agent points at: left by a process killed between
+        writing a new image and committing it, or before it deleted the one replaced.
+        Only files older than a hold's time to live: a younger one may belong to a
+        generation still running in another process, whose commit will claim it."""
+        stored = await self.repo.avatar_paths()
+        cutoff = time.time() - self.config.limits.hold_ttl_seconds
+
+        def sweep() -> int:
+            # Resolved: the data folder may be named relatively in one run and not another.
+            keep = {Path(p).resolve() for p in stored}
+            removed = 0
+            if not self.folder.is_dir():
+                return 0
+            for path in self.folder.iterdir():
+                if path.suffix not in {".png", ".tmp"} or path.resolve() in keep:
+                    continue
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+            return removed
+
+        removed = await asyncio.to_thread(sweep)
+        if removed:
+            log.info("🗑️ Deleted %d avatar files no agent uses", removed)
+        return removed
 
     def file_for(self, agent: Agent) -> Path | None:
         if agent.avatar_path and Path(agent.avatar_path).is_file():

@@ -3,6 +3,7 @@ by every front end (the Discord bot, the console, the tests)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from bot.admin import AdminService
@@ -18,6 +19,8 @@ from bot.metering import Meter
 from bot.repository import Repository
 from bot.retrieval import Retriever
 from ledger import Clock, Ledger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Services:
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo)
         balances = BalanceService(config, ledger)
-        return cls(
+        services = cls(
             config=config,
             ledger=ledger,
             repo=repo,
@@ -82,6 +85,11 @@ class Services:
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
         )
+        try:
+            await services.avatars.sweep_files()
+        except OSError:  # a tidy-up: never a reason not to start
+            log.exception("could not sweep unused avatar files")
+        return services
 
     async def close(self) -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,25 @@ async def test_member_without_rights_cannot_change_the_avatar(
     assert "Only Nova's creator" in text(sent)
     assert fake_openai.count("images") == 0
     assert_mentions_disabled(sent)
+
+
+async def test_start_up_deletes_old_avatar_files_no_agent_uses(
+    owner: CommandRunner, services: Services, app_config: Any, nova: None
+) -> None:
+    await owner.invoke(
+        ["avatar", "upload"], {"agent": "Nova", "image": StandInAttachment("a.png", _png())}
+    )
+    (kept,) = services.avatars.folder.iterdir()
+    old_orphan = services.avatars.folder / "1-deadbeef0000.png"
+    young_orphan = services.avatars.folder / "1-cafe00000000.png"  # another process's, maybe
+    half_written = services.avatars.folder / "1-deadbeef0001.tmp"
+    for path in (old_orphan, young_orphan, half_written):
+        path.write_bytes(b"x")
+    long_ago = time.time() - app_config.limits.hold_ttl_seconds - 60
+    for path in (old_orphan, half_written, kept):
+        os.utime(path, (long_ago, long_ago))
+
+    assert await services.avatars.sweep_files() == 2
+    assert sorted(p.name for p in services.avatars.folder.iterdir()) == sorted(
+        [kept.name, young_orphan.name]
+    )
