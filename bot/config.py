@@ -141,6 +141,7 @@ class LimitsSettings(_Section):
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_document_pages: int = Field(default=300, ge=1)
     max_chunks_per_account: int = Field(default=20_000, ge=1)
+    pdf_processes: int = Field(default=2, ge=0)
     max_grant: int = Field(default=100_000_000, ge=1)
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 
 import aiosqlite
 import numpy as np
@@ -86,6 +89,22 @@ class DocumentService:
         self.ai = ai
         self.meter = meter
         self.retriever = retriever
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _pdf_pool(self) -> ProcessPoolExecutor | None:
+        """Processes for long PDFs, started on first use (most uploads never need them).
+        Spawned, not forked: this process runs threads (SQLite's, the event loop's)."""
+        workers = min(self.config.limits.pdf_processes, os.cpu_count() or 1)
+        if workers < 2:
+            return None  # one process reading is what the thread already does
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     def estimate(self, chunks: list[Chunk]) -> int:
         return math.ceil(sum(c.token_estimate for c in chunks) * ESTIMATE_MARGIN) + 8
@@ -120,6 +139,7 @@ class DocumentService:
             max_bytes=limits.max_document_bytes,
             max_pages=limits.max_document_pages,
             progress=page_done,
+            pool=self._pdf_pool(),
         )
         chunks = await asyncio.to_thread(chunk, extracted.pages)
         if not chunks:

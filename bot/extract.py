@@ -27,8 +27,10 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import math
 import re
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Executor, Future, as_completed
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +61,13 @@ MAX_PDF_CONTENT_BYTES = 32 * 1024 * 1024
 MAX_PDF_OPERATIONS = 5_000_000
 MAX_PDF_TEXT_CHARS = 10_000_000
 
+# A PDF of this many pages or more is read by a process pool, when one is given, in
+# about PARALLEL_SLICES slices of at least PARALLEL_MIN_SLICE pages: pypdf is pure
+# Python, so threads would share one core, and reading is most of an upload's time.
+PARALLEL_MIN_PAGES = 24
+PARALLEL_SLICES = 4
+PARALLEL_MIN_SLICE = 8
+
 _MB = 1024 * 1024
 # C0 controls except tab, newline, carriage return and form feed, plus DEL; then C1
 # controls, which decoded text only contains when bytes were misread.
@@ -83,10 +92,12 @@ def extract(
     max_pages: int,
     filename: str | None = None,
     progress: Progress | None = None,
+    pool: Executor | None = None,
 ) -> Extracted:
     """Read the text of a PDF, text or Markdown file; raise `InvalidInput` to refuse it.
 
     `filename` only chooses "markdown" over "text"; the content decides everything else.
+    With a process `pool`, a long PDF's pages are read by its processes in slices.
     Blocking: call it through `asyncio.to_thread`.
     """
     if not data:
@@ -96,7 +107,7 @@ def extract(
         raise InvalidInput(f"That file is larger than {limit}; documents can be at most {limit}.")
     start = _pdf_start(data)
     if start is not None:
-        return _extract_pdf(data[start:], max_pages=max_pages, progress=progress)
+        return _extract_pdf(data[start:], max_pages=max_pages, progress=progress, pool=pool)
     text = _decode_text(data)
     if not _INVISIBLE.sub("", text).strip():
         raise InvalidInput("That file has no text in it.")
@@ -121,7 +132,9 @@ def _pdf_start(data: bytes) -> int | None:
     return index
 
 
-def _extract_pdf(data: bytes, *, max_pages: int, progress: Progress | None) -> Extracted:
+def _extract_pdf(
+    data: bytes, *, max_pages: int, progress: Progress | None, pool: Executor | None = None
+) -> Extracted:
     # pypdf raises PdfReadError and its subclasses on most damage, but on hostile or
     # truncated input it also raises ValueError, KeyError, TypeError, AssertionError,
     # RecursionError, zlib.error... Every one of them means "this PDF cannot be read",
@@ -147,26 +160,15 @@ def _extract_pdf(data: bytes, *, max_pages: int, progress: Progress | None) -> E
             "Please split it into smaller files."
         )
 
-    pages: list[str] = []
-    failed = 0
-    budget = _Budget()
-    for index in range(count):
-        try:
-            page = reader.pages[index]
-            budget.content(page.get_contents())
-            raw = (
-                page.extract_text(visitor_operand_before=budget.operator, visitor_text=budget.text)
-                or ""
-            )
-        except _OverBudget:
-            raise InvalidInput(_TOO_MUCH_PDF) from None
-        except Exception as error:
-            # One broken page should not lose the other 299: it counts as empty.
-            log.info("PDF page %d unreadable: %r", index + 1, error)
-            raw, failed = "", failed + 1
-        pages.append(_clean(raw))
-        if progress is not None:
-            progress(index, count)
+    limits = _Limits(MAX_PDF_CONTENT_BYTES, MAX_PDF_OPERATIONS, MAX_PDF_TEXT_CHARS)
+    read = None
+    if pool is not None and count >= PARALLEL_MIN_PAGES:
+        read = _read_in_slices(pool, data, count, limits, progress)
+    if read is None:
+        read = _read_pages(reader, 0, count, limits, progress)
+    if read.over_budget:
+        raise InvalidInput(_TOO_MUCH_PDF)
+    pages, failed = read.pages, read.failed
 
     if failed == count:
         raise InvalidInput(_DAMAGED_PDF)
@@ -178,6 +180,103 @@ def _extract_pdf(data: bytes, *, max_pages: int, progress: Progress | None) -> E
             "upload a PDF with selectable text, or a .txt file."
         )
     return Extracted("pdf", pages, count)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    content_bytes: int
+    operations: int
+    characters: int
+
+    def share(self, fraction: float) -> _Limits:
+        return _Limits(
+            math.ceil(self.content_bytes * fraction),
+            math.ceil(self.operations * fraction),
+            math.ceil(self.characters * fraction),
+        )
+
+
+@dataclass(frozen=True)
+class _Read:
+    pages: list[str]
+    failed: int
+    over_budget: bool = False
+
+
+def _read_pages(
+    reader: PdfReader, start: int, stop: int, limits: _Limits, progress: Progress | None
+) -> _Read:
+    pages: list[str] = []
+    failed = 0
+    budget = _Budget(limits)
+    for index in range(start, stop):
+        try:
+            page = reader.pages[index]
+            budget.content(page.get_contents())
+            raw = (
+                page.extract_text(visitor_operand_before=budget.operator, visitor_text=budget.text)
+                or ""
+            )
+        except _OverBudget:
+            return _Read([], 0, over_budget=True)
+        except Exception as error:
+            # One broken page should not lose the other 299: it counts as empty.
+            log.info("PDF page %d unreadable: %r", index + 1, error)
+            raw, failed = "", failed + 1
+        pages.append(_clean(raw))
+        if progress is not None:
+            progress(index, stop)
+    return _Read(pages, failed)
+
+
+def _read_slice(data: bytes, start: int, stop: int, limits: _Limits) -> _Read:
+    """In a pool's process: the text of pages [start, stop)."""
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            reader.decrypt("")  # the parent checked that an empty password opens it
+    except Exception as error:
+        log.info("unreadable PDF in a worker: %r", error)
+        return _Read([""] * (stop - start), stop - start)
+    return _read_pages(reader, start, stop, limits, None)
+
+
+def _read_in_slices(
+    pool: Executor, data: bytes, count: int, limits: _Limits, progress: Progress | None
+) -> _Read | None:
+    """Pages read by the pool's processes, slice by slice, in order; None if the pool
+    cannot do it (broken or shut down), so the caller reads them itself."""
+    size = max(PARALLEL_MIN_SLICE, math.ceil(count / PARALLEL_SLICES))
+    bounds = [(start, min(count, start + size)) for start in range(0, count, size)]
+    # Each slice may use twice its share of the document's work limits: real pages are
+    # uneven, and a hostile file still meets a bound no more than twice the serial one.
+    futures: dict[Future[_Read], int] = {}
+    results: dict[int, _Read] = {}
+    done_pages = 0
+    try:
+        for a, b in bounds:
+            share = limits.share(min(1.0, 2 * (b - a) / count))
+            futures[pool.submit(_read_slice, data, a, b, share)] = a
+        for future in as_completed(futures):
+            read = future.result()
+            if read.over_budget:
+                return read
+            results[futures[future]] = read
+            done_pages += len(read.pages)
+            if progress is not None:
+                progress(done_pages - 1, count)
+    except (BrokenExecutor, RuntimeError) as error:  # RuntimeError: a pool shut down
+        log.warning("PDF worker pool unusable (%r); reading in this thread", error)
+        return None
+    finally:
+        for future in futures:
+            future.cancel()
+    ordered = [results[a] for a, _ in bounds]
+    pages = [page for read in ordered for page in read.pages]
+    total = sum(len(page) for page in pages)
+    if total > limits.characters:
+        return _Read([], 0, over_budget=True)
+    return _Read(pages, sum(read.failed for read in ordered))
 
 
 def _unlock(reader: PdfReader) -> None:
@@ -204,7 +303,8 @@ class _Budget:
     """Counts the work of one PDF's extraction; pypdf calls it for each operator and
     piece of text (inside forms too), so no page can run on past the limits."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: _Limits) -> None:
+        self.limits = limits
         self.content_bytes = 0
         self.operations = 0
         self.characters = 0
@@ -212,17 +312,17 @@ class _Budget:
     def content(self, stream: ContentStream | None) -> None:
         # Counted before parsing: a page's whole stream is parsed before any operator.
         self.content_bytes += len(stream.get_data()) if stream is not None else 0
-        if self.content_bytes > MAX_PDF_CONTENT_BYTES:
+        if self.content_bytes > self.limits.content_bytes:
             raise _OverBudget
 
     def operator(self, *_: object) -> None:
         self.operations += 1
-        if self.operations > MAX_PDF_OPERATIONS:
+        if self.operations > self.limits.operations:
             raise _OverBudget
 
     def text(self, text: str, *_: object) -> None:
         self.characters += len(text)
-        if self.characters > MAX_PDF_TEXT_CHARS:
+        if self.characters > self.limits.characters:
             raise _OverBudget
 
 

@@ -97,4 +97,7 @@ class Services:
             await self.ai.close()
             await self.billing.close()
         finally:
-            await self.ledger.close()
+            try:
+                await self.documents.close()  # its processes must not outlive us
+            finally:
+                await self.ledger.close()

@@ -4,10 +4,13 @@ PDF pages keep their numbers."""
 from __future__ import annotations
 
 import io
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import pytest
 from PIL import Image
 
+import bot.extract
 from bot.errors import InvalidInput
 from bot.extract import Extracted, extract
 from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
@@ -205,3 +208,38 @@ def test_latin1_fallback_requires_text_like_bytes() -> None:
     # High bytes with few controls read as Latin-1; the same with many controls do not.
     assert run(bytes(range(0xA0, 0x100)) * 10).kind == "text"
     assert "not a supported" in refusal(bytes(range(0x80, 0xA0)) * 10)
+
+
+def test_a_long_pdf_read_by_a_process_pool_gives_the_same_pages() -> None:
+    texts = [f"Page {n} says something about topic {n % 7}." for n in range(40)]
+    data = make_pdf(texts)
+    seen: list[tuple[int, int]] = []
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        parallel = extract(
+            data, max_bytes=LIMIT, max_pages=PAGES, pool=pool, progress=lambda *p: seen.append(p)
+        )
+    serial = extract(data, max_bytes=LIMIT, max_pages=PAGES)
+    assert parallel == serial
+    assert [p.strip() for p in parallel.pages] == texts
+    assert seen and seen[-1] == (39, 40)  # progress reached the last page
+
+
+def test_a_pool_enforces_the_work_limits_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_pdf(["x" * 2_000 for _ in range(40)])
+    # Each slice of 10 pages may use twice its share of a limit of 50,000 characters
+    # (25,000), and holds 20,000: only the document's total is over.
+    monkeypatch.setattr(bot.extract, "MAX_PDF_TEXT_CHARS", 50_000)
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        with pytest.raises(InvalidInput, match="more content than one document can"):
+            extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool)
+    monkeypatch.setattr(bot.extract, "MAX_PDF_TEXT_CHARS", 30_000)  # a slice is over
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        with pytest.raises(InvalidInput, match="more content than one document can"):
+            extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool)
+
+
+def test_a_broken_pool_falls_back_to_reading_in_this_thread() -> None:
+    data = make_pdf([f"page {n}" for n in range(30)])
+    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"))
+    pool.shutdown()
+    assert len(extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool).pages) == 30
