@@ -15,6 +15,7 @@ of that limit is left once the sidecar verifies, parses and commits each event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -263,12 +264,14 @@ def run(quick: bool) -> list[Figure]:
     ours, theirs = context.Pipe()
     child = context.Process(target=_client_process, args=(bodies, theirs), daemon=True)
     child.start()
+    theirs.close()  # only the child holds that end now: if it dies, recv() ends in EOFError
     try:
         with tempfile.TemporaryDirectory(prefix="webhooks-bench-") as folder:
             figures = asyncio.run(_measure(ours, Path(folder), count))
             fsync = commit_ms(Path(folder))
     finally:
-        ours.send(None)
+        with contextlib.suppress(OSError):  # a child that died has closed its end
+            ours.send(None)
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
