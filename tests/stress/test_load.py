@@ -229,9 +229,16 @@ async def _run_load(
         first_answer = max(item.sent[0].at for item in work)
         from_launch = max(item.started + item.sent[0].at - began for item in work)
         outcomes = Counter((item.kind, outcome(item.kind, item.sent)) for item in work)
+        reached = {_request_tag(record) for record in fake.requests}
+        unreached = sum(
+            1
+            for item in work
+            if outcome(item.kind, item.sent) == "ai_busy" and item.tag not in reached
+        )
         print(
             f"load: {len(work)} interactions in {elapsed:.2f} s"
-            f" ({dict(sorted(outcomes.items()))}); fake max in flight {fake.max_in_flight};"
+            f" ({dict(sorted(outcomes.items()))}, of which 'AI busy' without reaching the"
+            f" fake: {unreached}); fake max in flight {fake.max_in_flight};"
             f" worst time to first answer {first_answer * 1000:.0f} ms"
             f" ({from_launch * 1000:.0f} ms from the launch of the burst);"
             f" worst loop stall {stall.worst * 1000:.0f} ms over {stall.ticks} ticks;"
@@ -244,20 +251,23 @@ async def _run_load(
         await services.close()
 
 
+def _request_tag(record: Any) -> str:
+    """The tag an interaction carried into its request: the chat message, or the style
+    named in an image prompt."""
+    if record.endpoint == "chat":
+        return str(record.body["messages"][-1]["content"])
+    found = _STYLE.search(record.body.get("prompt", "")) if record.endpoint == "images" else None
+    assert found, f"unexpected {record.endpoint} request: {record.body}"
+    return found.group(1)
+
+
 async def _check(
     services: Services, fake: Any, work: list[Interaction], case: LoadCase, watch: BalanceWatch
 ) -> None:
     # The fake's requests, by the tag each interaction carried into its request.
     requests: dict[str, Any] = {}
     for record in fake.requests:
-        if record.endpoint == "chat":
-            tag = record.body["messages"][-1]["content"]
-        elif record.endpoint == "images":
-            found = _STYLE.search(record.body["prompt"])
-            assert found, record.body["prompt"]
-            tag = found.group(1)
-        else:
-            pytest.fail(f"unexpected {record.endpoint} request")
+        tag = _request_tag(record)
         assert tag not in requests, f"two requests for {tag}"
         requests[tag] = record
 
@@ -279,8 +289,13 @@ async def _check(
             errors.append(f"{item.tag}: refused, yet it called the API")
         if result == "ok" and (record is None or record.failed is not None):
             errors.append(f"{item.tag}: a success without a completed request")
-        if result == "ai_busy" and (record is None or record.failed is None):
-            errors.append(f"{item.tag}: 'AI busy' although its request did not fail")
+        # "AI busy" needs a failed request, or none at all: once in the long variant (on
+        # a loaded machine) 81 image calls ended in the SDK's connection error without
+        # reaching the fake, which runs in this loop and cannot accept while it stalls
+        # (its listen backlog is 128, most likely the cause). "Nothing was charged" is
+        # the designed answer to a connection error too, and the totals below hold.
+        if result == "ai_busy" and record is not None and record.failed is None:
+            errors.append(f"{item.tag}: 'AI busy' although its request was answered")
     assert errors == [], "\n".join(errors[:20])
 
     outcomes = Counter((item.kind, outcome(item.kind, item.sent)) for item in work)

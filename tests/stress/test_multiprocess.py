@@ -312,9 +312,12 @@ async def _run(tmp_path: Path, fake: Any, case: Case) -> None:
 
         assert operator_problems == []
         assert [r["errors"] for r in reports] == [[]] * case.workers
-        for text in [*processes.outputs, *(p.read_text(errors="replace") for p in processes.logs)]:
+        sources = [("standard output", text) for text in processes.outputs]
+        sources += [(path.name, path.read_text(errors="replace")) for path in processes.logs]
+        for name, text in sources:
             for forbidden in FORBIDDEN:
-                assert forbidden not in text, text[-3000:]
+                at = text.find(forbidden)
+                assert at < 0, f"{forbidden!r} in {name}: {text[max(0, at - 1500) : at + 1500]}"
 
         totals = _check_database(tmp_path / "bot.db", fake, case, reports)
     finally:
