@@ -52,6 +52,18 @@ def top_indices(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarr
     return order, scores[order]
 
 
+def _stacked_unit_rows(rows: list[tuple[int, bytes]]) -> np.ndarray:
+    """The blobs as one float32 matrix of unit rows, filled and normalised in place: a
+    large agent's load then peaks at twice its matrix, not four times."""
+    matrix = np.empty((len(rows), len(rows[0][1]) // 4), dtype=np.float32)
+    for index, (_, blob) in enumerate(rows):
+        matrix[index] = np.frombuffer(blob, dtype="<f4")  # ValueError if sizes differ
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1
+    matrix /= norms
+    return matrix
+
+
 class Retriever:
     def __init__(
         self, repo: Repository, max_cached_agents: int = 64, max_cached_bytes: int = 256 * 2**20
@@ -73,19 +85,19 @@ class Retriever:
         version = await self.repo.documents_version(agent_id)
         cached = self._cache.get(agent_id)
         if cached is not None and cached.version == version:
+            self._cache[agent_id] = self._cache.pop(agent_id)  # most recently used: last
             return cached
         rows = await self.repo.chunk_vectors(agent_id)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if rows:
-            raw = b"".join(r[1] for r in rows)
-            vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), -1)
-            vectors = await asyncio.to_thread(normalise, vectors)
+            vectors = await asyncio.to_thread(_stacked_unit_rows, rows)
         else:
             vectors = np.empty((0, 0), dtype=np.float32)
-        matrix = _Matrix(version, ids, vectors.astype(np.float32, copy=False))
+        del rows  # the blobs: as large as the matrix itself
+        matrix = _Matrix(version, ids, vectors)
         self._cache.pop(agent_id, None)  # a stale copy: replaced, not a reason to evict
         self._cache[agent_id] = matrix
-        # Oldest first; the matrix just loaded always stays, even alone over the budget.
+        # Least recently used first; the matrix just loaded stays, even alone over budget.
         while len(self._cache) > 1 and (
             len(self._cache) > self.max_cached
             or sum(m.vectors.nbytes for m in self._cache.values()) > self.max_cached_bytes
