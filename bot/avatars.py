@@ -33,7 +33,7 @@ STYLE_MAX = 200
 @dataclass(frozen=True)
 class AvatarResult:
     agent: Agent
-    path: Path
+    png: bytes  # the image itself: the file may be replaced before the reply is sent
     charged: int
     available: int
 
@@ -71,8 +71,9 @@ class AvatarService:
         cost = self.config.costs.avatar_generation
         prompt = self.prompt_for(agent, style)
         new_path = self._new_path(agent)
+        replaced: list[str | None] = []
 
-        async def call() -> Path:
+        async def call() -> bytes:
             image: ImageResult = await self.ai.image(prompt)
             try:
                 png = await asyncio.to_thread(normalize_generated, image.png)
@@ -80,10 +81,12 @@ class AvatarService:
                 log.warning("the image API returned an unusable image for agent %d", agent.id)
                 raise AIUnavailable() from None
             await asyncio.to_thread(_write_atomically, new_path, png)
-            return new_path
+            return png
 
-        async def store(conn: aiosqlite.Connection, path: Path) -> None:
-            await self.repo.set_avatar_in(conn, agent.id, str(path), "generated")
+        async def store(conn: aiosqlite.Connection, _png: bytes) -> None:
+            replaced.append(
+                await self.repo.set_avatar_in(conn, agent.id, str(new_path), "generated")
+            )
 
         try:
             metered = await self.meter.run(
@@ -92,16 +95,16 @@ class AvatarService:
                 cost,
                 self.config.openai.image_model,
                 call,
-                cost=lambda _path: cost,
+                cost=lambda _png: cost,
                 store=store,
             )
         except BaseException:
             new_path.unlink(missing_ok=True)
             raise
-        self._delete_old(agent)
+        self._delete_replaced(replaced)
         updated = await self.repo.agent_by_id(agent.id)
         assert updated is not None
-        return AvatarResult(updated, new_path, metered.charged, metered.available)
+        return AvatarResult(updated, metered.result, metered.charged, metered.available)
 
     async def upload(self, actor: Actor, agent_name: str, data: bytes) -> AvatarResult:
         agent = await self.agents.get_editable(actor, agent_name)
@@ -111,11 +114,11 @@ class AvatarService:
         new_path = self._new_path(agent)
         await asyncio.to_thread(_write_atomically, new_path, png)
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await self.repo.set_avatar_in(conn, agent.id, str(new_path), "uploaded")
+        async def op(conn: aiosqlite.Connection) -> str | None:
+            return await self.repo.set_avatar_in(conn, agent.id, str(new_path), "uploaded")
 
         try:
-            await self.repo.store.write(op)
+            replaced = await self.repo.store.write(op)
         except BaseException:
             new_path.unlink(missing_ok=True)
             raise
@@ -126,11 +129,11 @@ class AvatarService:
             actor.guild_id,
             details=f"agent {agent.id}",
         )
-        self._delete_old(agent)
+        self._delete_replaced([replaced])
         updated = await self.repo.agent_by_id(agent.id)
         assert updated is not None
         balance = await self.ledger.balance(actor.account_id)
-        return AvatarResult(updated, new_path, 0, balance.available)
+        return AvatarResult(updated, png, 0, balance.available)
 
     def _new_path(self, agent: Agent) -> Path:
         return self.folder / f"{agent.id}-{uuid.uuid4().hex[:12]}.png"
@@ -146,6 +149,18 @@ class AvatarService:
         balance = await self.ledger.balance(actor.account_id)
         if balance.available < cost:
             raise InsufficientTokens(cost, balance.available, balance.plan_type)
+
+    def _delete_replaced(self, replaced: list[str | None]) -> None:
+        """Delete the file the commit replaced: the one the agent pointed at when our
+        row changed, which another generation may have set after ours started. Replies
+        carry the image's bytes, so no reply still needs a replaced file."""
+        for path in replaced:
+            if path:
+                try:
+                    Path(path).unlink(missing_ok=True)
+                    log.info("🗑️ Deleted old avatar %s", Path(path).name)
+                except OSError as error:
+                    log.warning("could not delete old avatar %s: %s", path, error)
 
     def _delete_old(self, agent: Agent) -> None:
         """Delete the file the agent had before (the row now points at the new one)."""

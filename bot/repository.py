@@ -191,12 +191,17 @@ class Repository:
 
     async def set_avatar_in(
         self, conn: aiosqlite.Connection, agent_id: int, path: str, source: str
-    ) -> None:
+    ) -> str | None:
+        """Point the agent at `path`; returns the file it pointed at until now."""
+        rows = await conn.execute_fetchall(
+            "SELECT avatar_path FROM agents WHERE id = ?", (agent_id,)
+        )
         await conn.execute(
             "UPDATE agents SET avatar_path = ?, avatar_source = ?,"
             " avatar_version = avatar_version + 1, updated_at = ? WHERE id = ?",
             (path, source, _now(), agent_id),
         )
+        return rows[0][0] if rows else None
 
     async def avatar_paths(self) -> set[str]:
         rows = await self.store.reader.execute_fetchall(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -23,7 +25,7 @@ def _result_embed(title: str, result: AvatarResult) -> tuple[discord.Embed, disc
         title=title, description=f"**{result.agent.name}**\n{text}", color=COLOR_OK
     )
     embed.set_image(url="attachment://avatar.png")
-    return embed, discord.File(result.path, filename="avatar.png")
+    return embed, discord.File(io.BytesIO(result.png), filename="avatar.png")
 
 
 class AvatarsCog(FeatureCog):

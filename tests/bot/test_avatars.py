@@ -236,3 +236,18 @@ async def test_start_up_deletes_old_avatar_files_no_agent_uses(
     assert sorted(p.name for p in services.avatars.folder.iterdir()) == sorted(
         [kept.name, young_orphan.name]
     )
+
+
+async def test_overlapping_generations_leave_only_the_current_file(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None
+) -> None:
+    # Each generation deletes the file its commit replaced, not the one the agent had
+    # when it started, and each reply carries its own image, so none goes missing.
+    sent = await asyncio.gather(*(owner.run("/avatar generate agent:Nova") for _ in range(4)))
+    for one in sent:
+        assert "✅ Avatar generated successfully!" in text(one)
+        (image,) = [f for s in one for f in s.files]
+        assert Image.open(image.fp).size == (512, 512)
+    agent = await services.repo.agent(f"guild:{GUILD}", "Nova")
+    assert agent is not None and agent.avatar_version == 4
+    assert [p.name for p in services.avatars.folder.iterdir()] == [Path(agent.avatar_path).name]

@@ -350,14 +350,11 @@ async def _check(
         agent = await services.repo.agent(ACCOUNT, f"Agent{number}")
         assert agent is not None
         assert agent.avatar_path is None or Path(agent.avatar_path).is_file()
-    # Reported, not asserted: a generation deletes the file the agent had when it
-    # started, so generations of one agent that overlap leave the files they superseded
-    # on disk. Deleting the file replaced at commit instead lets a later generation
-    # delete an earlier one's file before that one's reply attaches it (it then reads
-    # "nothing was charged" after a charge): the reply would have to carry the bytes.
+    # A generation deletes the file its commit replaced, and replies carry the image's
+    # bytes, so overlapping generations leave no superseded file behind.
     in_use = await services.repo.avatar_paths()
     left = [f for f in services.avatars.folder.glob("*.png") if str(f) not in in_use]
-    print(f"load: {len(left)} superseded avatar files left on disk by overlapping generations")
+    assert left == []
 
 
 async def test_500_chats_and_200_avatars_at_once(
