@@ -95,6 +95,7 @@ class OpenAISettings(_Section):
     max_completion_tokens: int = Field(default=800, ge=16, le=32_000)
     timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     max_retries: int = Field(default=2, ge=0, le=10)
+    max_connections: int = Field(default=64, ge=1, le=1000)
 
     @field_validator("image_model")
     @classmethod

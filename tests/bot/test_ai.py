@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -99,3 +100,15 @@ async def test_failures_map_to_domain_errors(
     message = raised.value.user_message  # type: ignore[attr-defined]
     assert "nothing was charged" in message.lower() or "Nothing was charged" in message
     assert "Error code" not in message and "http" not in message.lower()
+
+
+async def test_the_client_holds_at_most_max_connections(fake_openai: Any) -> None:
+    settings = OpenAISettings(base_url=fake_openai.base_url, max_retries=0, max_connections=3)
+    gateway = AIGateway(settings, "k")
+    try:
+        fake_openai.latency = 0.05
+        await asyncio.gather(*(gateway.embed([f"text {n}"]) for n in range(12)))
+        assert fake_openai.count("embeddings") == 12
+        assert fake_openai.max_in_flight <= 3
+    finally:
+        await gateway.close()
