@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
+from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf, pdf_from_objects
 
 __all__ = [
     "DATA",
@@ -50,29 +50,6 @@ def long_text(length: int = 10_000, unit: str = "Nova ") -> str:
 
 _FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
 _RESOURCES = b"<< /Font << /F1 3 0 R >> >>"
-
-
-def pdf_from_objects(objects: dict[int, bytes], root: int = 1) -> bytes:
-    """A PDF with exactly these numbered objects and a correct cross-reference table, so
-    any damage in it is the one meant, not an accident of the writer."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets: dict[int, int] = {}
-    for number in sorted(objects):
-        offsets[number] = out.tell()
-        out.write(b"%d 0 obj\n" % number + objects[number] + b"\nendobj\n")
-    xref = out.tell()
-    size = max(objects) + 1
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % size)
-    for number in range(1, size):
-        if number in offsets:
-            out.write(b"%010d 00000 n \n" % offsets[number])
-        else:
-            out.write(b"0000000000 65535 f \n")
-    out.write(
-        b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, root, xref)
-    )
-    return out.getvalue()
 
 
 def _page(parent: int, contents: int, resources: bytes = _RESOURCES) -> bytes:

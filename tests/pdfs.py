@@ -12,7 +12,7 @@ import zlib
 
 from pypdf import PdfReader, PdfWriter
 
-__all__ = ["encrypt_pdf", "make_pdf", "make_scanned_pdf"]
+__all__ = ["encrypt_pdf", "make_pdf", "make_scanned_pdf", "pdf_from_objects"]
 
 
 def _escape(line: str) -> bytes:
@@ -69,6 +69,12 @@ def _build(streams: list[bytes], *, with_image: bool) -> bytes:
             b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"
         )
 
+    return pdf_from_objects(objects)
+
+
+def pdf_from_objects(objects: dict[int, bytes], root: int = 1) -> bytes:
+    """A PDF with exactly these numbered objects and a correct cross-reference table, so
+    any damage in it is the one meant, not an accident of the writer."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets: dict[int, int] = {}
@@ -79,8 +85,13 @@ def _build(streams: list[bytes], *, with_image: bool) -> bytes:
     size = max(objects) + 1
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % size)
     for number in range(1, size):
-        out.write(b"%010d 00000 n \n" % offsets[number])
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref))
+        if number in offsets:
+            out.write(b"%010d 00000 n \n" % offsets[number])
+        else:
+            out.write(b"0000000000 65535 f \n")
+    out.write(
+        b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, root, xref)
+    )
     return out.getvalue()
 
 
