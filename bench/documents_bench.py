@@ -110,7 +110,16 @@ async def _upload(quick: bool) -> list[Figure]:
     figures += [
         Figure(BENCH, f"bare pypdf, {pages} pages", median(bare) * 1e3, "ms"),
         Figure(BENCH, f"whole upload, {pages} pages ({chunks} chunks)", median(piped) * 1e3, "ms"),
-        Figure(BENCH, "upload / bare pypdf", ratio, "x", "<= 1.3", ratio <= 1.3),
+        # The aim is for 100 pages; the quick run's 20 pages are below the size at which
+        # the PDF process pool starts, and the fixed cost of one embedding request weighs
+        # more: its ratio keeps the benchmark working, it does not answer the aim.
+        Figure(
+            BENCH,
+            "upload / bare pypdf",
+            ratio,
+            "x",
+            *(("", None) if quick else ("<= 1.3", ratio <= 1.3)),
+        ),
         Figure(BENCH, "embedding requests per 100 chunks", per_100, "", "<= 1", requests <= fewest),
         Figure(BENCH, "peak RSS before upload", before, "MiB"),
         Figure(BENCH, "peak RSS after upload", after, "MiB"),
