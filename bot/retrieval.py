@@ -58,7 +58,8 @@ def _stacked_unit_rows(rows: list[tuple[int, bytes]]) -> np.ndarray:
     matrix = np.empty((len(rows), len(rows[0][1]) // 4), dtype=np.float32)
     for index, (_, blob) in enumerate(rows):
         matrix[index] = np.frombuffer(blob, dtype="<f4")  # ValueError if sizes differ
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    # Row norms without a squared copy of the whole matrix (np.linalg.norm makes one).
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]
     norms[norms == 0] = 1
     matrix /= norms
     return matrix
