@@ -42,7 +42,8 @@ def check_name(raw: str) -> str:
 
 def check_prompt(raw: str) -> str:
     prompt = raw.strip()
-    if not prompt:
+    # Invisible characters alone (zero-width, direction marks: category Cf) are empty too.
+    if not any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in prompt):
         raise InvalidInput("The agent's persona (its system prompt) cannot be empty.")
     if len(prompt) > PROMPT_MAX:
         raise InvalidInput(
@@ -90,9 +91,10 @@ class AgentService:
         """The agent of the acting account, by name; anyone in the account may use it."""
         agent = await self.repo.agent(actor.account_id, name.strip())
         if agent is None:
-            raise NotFound(
-                f"No agent named {name.strip()[:NAME_MAX]} here. `/agent list` shows them."
-            )
+            typed = unicodedata.normalize("NFC", name.strip())[:NAME_MAX].strip()
+            # Echoed only when it could be a name: never markdown or mention syntax.
+            named = f" named {typed}" if _NAME.fullmatch(typed) else " by that name"
+            raise NotFound(f"No agent{named} here. `/agent list` shows them.")
         return agent
 
     async def get_editable(self, actor: Actor, name: str) -> Agent:

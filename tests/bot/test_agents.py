@@ -140,3 +140,18 @@ async def test_autocomplete_offers_only_this_accounts_agents(
     await as_user(MEMBER, guild_id=GUILD + 1).run("/agent create name:Starx prompt:p")
     names = await services.agents.names(Actor(f"guild:{GUILD}", 1, GUILD), "star")
     assert names == ["Star0", "Star1", "Star2"]
+
+
+async def test_a_persona_of_invisible_characters_only_is_empty(owner: CommandRunner) -> None:
+    sent = await owner.run('/agent create name:Ghost prompt:"\u200b\u2060\u202e \u200d"')
+    assert "cannot be empty" in text(sent)
+    assert "Ghost" not in text(await owner.run("/agent list"))
+
+
+async def test_an_unknown_name_is_echoed_only_when_it_could_be_a_name(
+    owner: CommandRunner,
+) -> None:
+    assert "No agent named Nobody here." in text(await owner.run("/agent info name:Nobody"))
+    sent = await owner.run('/agent info name:"**@everyone** <@123>"')
+    assert "No agent by that name here." in text(sent)
+    assert "@everyone" not in text(sent) and "<@123>" not in text(sent)

@@ -27,7 +27,7 @@ import pytest_asyncio
 from PIL import Image
 
 import bot.extract
-from bot.agents import NAME_MAX
+from bot.agents import _NAME, NAME_MAX
 from bot.ai import AIGateway
 from bot.app import AgentBot
 from bot.config import Config, OpenAISettings, StorageSettings
@@ -115,8 +115,8 @@ DOCUMENTS = [
     item("utf16le_bom.txt", "accepted"),
     item("utf16be_bom.txt", "accepted"),
     item("utf32_bom.txt", "accepted"),
-    item("utf16le_no_bom.txt", "refused", NOT_SUPPORTED),
-    item("utf16be_no_bom.txt", "refused", NOT_SUPPORTED),
+    item("utf16le_no_bom.txt", "accepted"),
+    item("utf16be_no_bom.txt", "accepted"),
     item("latin1.txt", "accepted"),
     item("cp1252_quotes.txt", "accepted"),
     item("shift_jis.txt", "refused", SAVE_AS_UTF8),
@@ -630,10 +630,14 @@ async def test_chat_with_a_hostile_agent_name_is_refused_without_a_call(
 ) -> None:
     before = await state(services, fake_openai, account)
     sent = await owner.invoke(["chat"], {"agent": name, "message": "Hello"})
-    # The typed name is echoed as typed (cut to 32 characters), in an embed (which never
-    # notifies anyone) sent with mentions off besides.
-    assert_clear_refusal(sent, "No agent named")
-    assert f"No agent named {name[:NAME_MAX]} here." in text(sent)
+    # The typed name is echoed (cut to 32 characters) only when it could be a name: never
+    # mention or markdown syntax; and in an embed sent with mentions off besides.
+    assert_clear_refusal(sent, "No agent")
+    typed = name[:NAME_MAX]
+    if _NAME.fullmatch(typed):
+        assert f"No agent named {typed} here." in text(sent)
+    else:
+        assert "No agent by that name here." in text(sent)
     assert sent[-1].content is None and sent[-1].embeds
     assert await state(services, fake_openai, account) == before
     await assert_still_answers(owner, services)
