@@ -4,7 +4,8 @@ Promises:
 - The type is decided by the content: `%PDF-` near the start means PDF (read with
   pypdf); anything else must decode as text. The file name is used only to tell
   Markdown from plain text, never to accept a type.
-- Text is decoded as UTF-8 (a BOM is removed), else UTF-32/UTF-16 when a BOM says so,
+- Text is decoded as UTF-8 (a BOM is removed), else UTF-32/UTF-16 when a BOM says so
+  (or, for UTF-16, when the NUL bytes of Latin-script text say so without one),
   else cp1252/Latin-1 when the bytes look like text (almost no control characters) and
   not like Chinese, Japanese or Korean in a legacy encoding (refused: save as UTF-8).
 - Every refusal is an `InvalidInput` with a sentence a member understands: empty, over
@@ -376,8 +377,14 @@ def _decode_text(data: bytes) -> str:
                 raise InvalidInput(_unsupported(data)) from None
             return _checked_text(text, data)
     if b"\x00" in data:
-        # No text encoding without a BOM that we accept puts NUL bytes in text.
-        raise InvalidInput(_unsupported(data))
+        codec = _bomless_utf16(data)
+        if codec is None:
+            # No other text encoding without a BOM puts NUL bytes in text.
+            raise InvalidInput(_unsupported(data))
+        try:
+            return _checked_text(data.decode(codec), data)
+        except UnicodeDecodeError:
+            raise InvalidInput(_unsupported(data)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -390,6 +397,20 @@ def _decode_text(data: bytes) -> str:
         except UnicodeDecodeError:
             text = data.decode("latin-1")
     return _checked_text(text, data)
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """UTF-16 saved without a BOM (some Windows tools do): text in Latin script has a
+    NUL in nearly every high byte of its code units and almost none in the low ones.
+    A binary file does not keep that pattern across its whole length."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    even, odd = data[0::2], data[1::2]
+    half = len(data) // 2
+    for zeros, others, codec in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= 0.9 * half and others.count(0) <= 0.01 * half:
+            return codec
+    return None
 
 
 # Chinese, Japanese and Korean text saved in a pre-Unicode encoding (GBK, Big5,

@@ -243,3 +243,15 @@ def test_a_broken_pool_falls_back_to_reading_in_this_thread() -> None:
     pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"))
     pool.shutdown()
     assert len(extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool).pages) == 30
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_bom_is_read_when_its_nul_bytes_say_so(codec: str) -> None:
+    text = "Notes on comets.\nTheir tails point away from the Sun. Café au lait."
+    assert extract(text.encode(codec), max_bytes=LIMIT, max_pages=PAGES).pages == [text]
+
+
+def test_binary_with_nul_bytes_is_still_refused() -> None:
+    blob = bytes(range(256)) * 8  # NULs, but not in UTF-16's pattern
+    with pytest.raises(InvalidInput, match="not a supported"):
+        extract(blob, max_bytes=LIMIT, max_pages=PAGES)
