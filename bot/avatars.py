@@ -101,7 +101,7 @@ class AvatarService:
         except BaseException:
             new_path.unlink(missing_ok=True)
             raise
-        self._delete_replaced(replaced)
+        self._delete_files(*replaced)
         updated = await self.repo.agent_by_id(agent.id)
         assert updated is not None
         return AvatarResult(updated, metered.result, metered.charged, metered.available)
@@ -129,7 +129,7 @@ class AvatarService:
             actor.guild_id,
             details=f"agent {agent.id}",
         )
-        self._delete_replaced([replaced])
+        self._delete_files(replaced)
         updated = await self.repo.agent_by_id(agent.id)
         assert updated is not None
         balance = await self.ledger.balance(actor.account_id)
@@ -140,7 +140,7 @@ class AvatarService:
 
     def remove_file(self, agent: Agent) -> None:
         """Delete a deleted agent's avatar file."""
-        self._delete_old(agent)
+        self._delete_files(agent.avatar_path)
 
     async def precheck(self, actor: Actor) -> None:
         """The spec's flow checks the balance before anything else, so a member who is
@@ -150,27 +150,18 @@ class AvatarService:
         if balance.available < cost:
             raise InsufficientTokens(cost, balance.available, balance.plan_type)
 
-    def _delete_replaced(self, replaced: list[str | None]) -> None:
-        """Delete the file the commit replaced: the one the agent pointed at when our
-        row changed, which another generation may have set after ours started. Replies
-        carry the image's bytes, so no reply still needs a replaced file."""
-        for path in replaced:
+    def _delete_files(self, *paths: str | None) -> None:
+        """Delete avatar files that no agent points at any more. After a commit, that is
+        the file it replaced: the one the agent pointed at when our row changed, which
+        another generation may have set after ours started. Replies carry the image's
+        bytes, so no reply still needs a replaced file."""
+        for path in paths:
             if path:
                 try:
                     Path(path).unlink(missing_ok=True)
                     log.info("🗑️ Deleted old avatar %s", Path(path).name)
                 except OSError as error:
                     log.warning("could not delete old avatar %s: %s", path, error)
-
-    def _delete_old(self, agent: Agent) -> None:
-        """Delete the file the agent had before (the row now points at the new one)."""
-        if agent.avatar_path:
-            old = Path(agent.avatar_path)
-            try:
-                old.unlink(missing_ok=True)
-                log.info("🗑️ Deleted old avatar %s", old.name)
-            except OSError:
-                log.warning("could not delete old avatar %s", old, exc_info=True)
 
     async def sweep_files(self) -> int:
         """Delete avatar files no agent points at: left by a process killed between
