@@ -580,11 +580,12 @@ class Ledger:
                 (self.instance_id, now),
             )
             dead = await self._dead_here(conn)
+            dead_marks = ", ".join("?" * len(dead))
             orphaned = await conn.execute_fetchall(
                 "SELECT h.hold_id, h.amount FROM holds h LEFT JOIN instances i USING (instance_id)"
                 " WHERE h.status = 'pending' AND h.instance_id != ?"
                 " AND (i.instance_id IS NULL OR i.lease_until <= ?"
-                f" OR h.instance_id IN ({', '.join('?' * len(dead))}))",
+                f" OR h.instance_id IN ({dead_marks}))",
                 (self.instance_id, now, *dead),
             )
             for rows, why in ((expired, "time to live passed"), (orphaned, "its process stopped")):
@@ -593,7 +594,7 @@ class Ledger:
             freed = sum(r["amount"] for r in (*expired, *orphaned))
             await conn.execute(
                 "DELETE FROM instances WHERE instance_id != ?"
-                f" AND (lease_until <= ? OR instance_id IN ({', '.join('?' * len(dead))}))"
+                f" AND (lease_until <= ? OR instance_id IN ({dead_marks}))"
                 " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id ="
                 " instances.instance_id AND h.status = 'pending')",
                 (self.instance_id, now, *dead),
@@ -682,8 +683,6 @@ class Ledger:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another Ledger in this very process: alive by definition
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
