@@ -286,8 +286,8 @@ def run(quick: bool) -> list[Figure]:
             Figure(BENCH, "  same, first retrieval (loads the cache)", big["seconds"] * 1e3, "ms"),
             Figure(BENCH, "  same, current after the load", big["after"][0], "MiB"),
             Figure(BENCH, "  same, peak", big["after"][1], "MiB"),
-            # What loading it cost on top of the bot before the load, per byte it keeps: the rows,
-            # their joined copy and the normalised copy are all alive at once.
+            # What loading it cost on top of the bot before the load, per byte it keeps: the
+            # fetched blobs and the matrix they are copied into are alive at once.
             Figure(
                 BENCH,
                 "  same, (peak - before the load) / cache arrays",

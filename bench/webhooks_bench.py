@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import multiprocessing
 import random
@@ -34,7 +32,7 @@ from pydantic import SecretStr
 
 from bench.report import Figure, cli, median, percentile
 from bot.config import Config, Secrets, StorageSettings
-from bot.webhooks import build_app
+from bot.webhooks import build_app, signature
 from ledger import Ledger
 
 BENCH = "webhooks"
@@ -49,10 +47,6 @@ Body = tuple[bytes, str]  # (raw body, X-Signature)
 
 # ---- payloads ---------------------------------------------------------------------------
 # A small builder of our own: the bench must run from an installed checkout, without tests/.
-
-
-def sign(body: bytes) -> str:
-    return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 
 def snapshot(sub_id: int, version: int) -> bytes:
@@ -120,7 +114,7 @@ def events(count: int, subscriptions: int, replay_share: float, seed: int = 6) -
         turn += 1
         body = snapshot(sub, versions[sub])
         versions[sub] += 1
-        sent.append((body, sign(body)))
+        sent.append((body, signature(SECRET, body)))
     return sent
 
 
