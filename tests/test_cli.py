@@ -17,6 +17,7 @@ import pytest
 
 from bot.cli import main
 from ledger import Ledger
+from tests.children import bot_env
 
 BALANCE_KEYS = {
     "account_id",
@@ -35,14 +36,6 @@ SECRET_NAMES = {
     "LEMONSQUEEZY_API_KEY",
     "LEMONSQUEEZY_WEBHOOK_SECRET",
 }
-
-
-def _clean_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith("BOT_") and k.upper() not in SECRET_NAMES
-    }
 
 
 @pytest.fixture
@@ -224,7 +217,7 @@ def _bot(tmp_path: Path, *argv: str, **extra_env: str) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**_clean_env(), **extra_env},
+        env=bot_env(**extra_env),
         timeout=60,
     )
 

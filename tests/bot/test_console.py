@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from PIL import Image
 from bot.config import Config
 from bot.console import run_console
 from bot.services import Services
+from tests.children import bot_env
 
 
 async def test_scripted_session(tmp_path: Path, app_config: Config, services: Services) -> None:
@@ -57,8 +57,7 @@ async def test_scripted_session(tmp_path: Path, app_config: Config, services: Se
 
 
 def test_console_process_runs_without_a_discord_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "DISCORD_", "OPENAI_"))}
-    env.update(
+    env = bot_env(
         BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"),
         BOT_STORAGE__DATA_DIR=str(tmp_path / "data"),
         BOT_OPENAI__BASE_URL="http://127.0.0.1:9/v1",  # no AI call in this script

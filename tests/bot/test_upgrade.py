@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from bot.services import Services
 from bot.standin import CommandRunner
 from tests.bot.conftest import GUILD, MEMBER
 from tests.bot.helpers import text
+from tests.children import bot_env
 
 
 @pytest.fixture
@@ -118,8 +118,7 @@ def test_sidecar_runs_alone(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "LEMONSQUEEZY_"))}
-    env.update(BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"), BOT_WEBHOOKS__PORT=str(port))
+    env = bot_env(BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"), BOT_WEBHOOKS__PORT=str(port))
     process = subprocess.Popen(
         [sys.executable, "-m", "bot", "webhooks"],
         cwd=tmp_path,

@@ -4,7 +4,6 @@ the holds of a killed process released once its lease lapses (never a live one's
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger, ManualClock
+from tests.children import bot_env
 
 ACCOUNT = "guild:1"
 
@@ -93,13 +93,7 @@ HOLDER = textwrap.dedent(
 
 
 def _env(db_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("BOT_") and k not in {"DISCORD_TOKEN", "OPENAI_API_KEY"}
-    }
-    env["BOT_STORAGE__DATABASE"] = str(db_path)
-    return env
+    return bot_env(BOT_STORAGE__DATABASE=str(db_path))
 
 
 class Children:

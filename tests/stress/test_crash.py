@@ -58,6 +58,7 @@ from bot.metering import Actor
 from bot.services import Services
 from ledger import Ledger
 from tests.billing.payloads import SECRET, encode, invoice, sign, subscription
+from tests.children import bot_env
 from tests.fakes.openai_server import FakeOpenAI, Recorded
 from tests.stress.crash_child import USER_BASE
 
@@ -106,14 +107,7 @@ def crash_seed() -> int:
 
 
 def child_env(db_path: Path, data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BOT_", "OPENAI_", "LEMONSQUEEZY_")) and k != "DISCORD_TOKEN"
-    }
-    env.update(BOT_STORAGE__DATABASE=str(db_path), BOT_STORAGE__DATA_DIR=str(data_dir))
-    env.update(extra)
-    return env
+    return bot_env(BOT_STORAGE__DATABASE=str(db_path), BOT_STORAGE__DATA_DIR=str(data_dir), **extra)
 
 
 def tail(path: Path, lines: int = 25) -> str:

@@ -40,6 +40,7 @@ import aiohttp
 import pytest
 
 from tests.billing.payloads import SECRET, encode, sign, subscription
+from tests.children import bot_env
 
 REPO = Path(__file__).resolve().parents[2]
 GUILD = 777
@@ -122,21 +123,14 @@ class Processes:
 
 
 def _environment(tmp_path: Path, base_url: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BOT_", "LEMONSQUEEZY_"))
-        and key not in {"DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
-    }
-    env.update(
+    return bot_env(
         BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"),
         BOT_STORAGE__DATA_DIR=str(tmp_path / "data"),
         BOT_OPENAI__BASE_URL=base_url,
         BOT_WEBHOOKS__PORT="0",  # any free port: the sidecar prints the one it got
         LEMONSQUEEZY_WEBHOOK_SECRET=SECRET,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
-    return env
 
 
 def _write_config(tmp_path: Path, case: Case) -> None:
