@@ -250,12 +250,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], bytes]:
 
 @module_fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    try:
+    async with FakeOpenAI() as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 @module_fixture

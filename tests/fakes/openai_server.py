@@ -155,6 +155,13 @@ class FakeOpenAI:
         self.base_url = f"http://127.0.0.1:{bound}/v1"
         return self.base_url
 
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         self._release.set()
         if self._runner is not None:
@@ -283,12 +290,8 @@ class FakeOpenAI:
 
 @pytest.fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    try:
+    async with FakeOpenAI() as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 async def _serve(port: int, latency: float, failure_rate: float, seed: int) -> None:
