@@ -25,8 +25,8 @@ from pypdf import PdfReader
 from bench.metering_bench import start_fake
 from bench.report import Figure, cli, median, percentile
 from bot.config import Config, OpenAISettings, PlanSettings, PlansSettings, Secrets, StorageSettings
-from bot.metering import Actor
-from bot.retrieval import normalise, top_indices
+from bot.core.documents.retrieval import normalise, top_indices
+from bot.core.metering import Actor
 from bot.services import Services
 from tests.pdfs import make_pdf
 

@@ -61,9 +61,9 @@ def _cache_mib(retriever: Any) -> float:
 
 
 async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> dict[str, Any]:
-    from bot.app import AgentBot
     from bot.config import Config, StorageSettings
-    from bot.retrieval import top_indices
+    from bot.core.documents.retrieval import top_indices
+    from bot.front.app import AgentBot
     from bot.services import Services
 
     config = Config(storage=StorageSettings(database=database, data_dir=data_dir))
@@ -147,7 +147,7 @@ def _measure(mode: str, database: Path, data_dir: Path, sample: int = 0) -> dict
 
 
 async def _schema(database: Path) -> None:
-    from bot.repository import Repository
+    from bot.core.repository import Repository
     from ledger import Ledger
 
     ledger = await Ledger.open(database)

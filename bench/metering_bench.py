@@ -30,7 +30,7 @@ import openai
 
 from bench.report import Figure, cli, percentile
 from bot.config import CostsSettings
-from bot.metering import Actor, Meter
+from bot.core.metering import Actor, Meter
 from ledger import Ledger, Plan
 
 PLANS = {"free": Plan("free", 10**15, 3), "pro": Plan("pro", 10**15, 0)}

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from bench.report import Figure, cli, median
-from bot.ai import AIGateway
-from bot.app import AgentBot
 from bot.config import Config, OpenAISettings, StorageSettings
+from bot.core.ai import AIGateway
+from bot.front.app import AgentBot
 from bot.services import Services
 
 BENCH = "startup"
@@ -32,8 +32,8 @@ BARE_IMPORT = "import discord, openai, aiosqlite"
 # A cold bot process short of logging in: imports, services, cogs, then a clean close.
 COLD_BOT = """
 import asyncio, sys
-from bot.app import AgentBot
-from bot.ai import AIGateway
+from bot.front.app import AgentBot
+from bot.core.ai import AIGateway
 from bot.config import Config, OpenAISettings, StorageSettings
 from bot.services import Services
 

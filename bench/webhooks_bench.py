@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from bench.report import Figure, cli, median, percentile
 from bot.config import Config, Secrets, StorageSettings
-from bot.webhooks import build_app, signature
+from bot.http.sidecar import build_app, signature
 from ledger import Ledger
 
 BENCH = "webhooks"

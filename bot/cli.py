@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config, ConfigError, load
-from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
+from bot.runtime import open_ledger
+from ledger import InvalidAccount, LedgerError, check_account_id
 
 EXIT_USAGE = 2
 
@@ -91,14 +92,14 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             "https://discord.com/developers/applications, add a bot, copy its token, and put "
             "DISCORD_TOKEN=... in .env (see README.md); `python -m bot console` runs without it"
         )
-    from bot.app import run_bot
+    from bot.front.app import run_bot
 
     return run_bot(config)
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
     """Validate the configuration and the database; print the invite URL."""
-    from bot.app import application_id_from_token, invite_url
+    from bot.front.app import application_id_from_token, invite_url
 
     print(f"configuration: ok ({args.config or 'config.toml'})")
 
@@ -127,13 +128,13 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 
 
 def _webhooks(config: Config, args: argparse.Namespace) -> int:
-    from bot.webhooks import serve_alone
+    from bot.http.sidecar import serve_alone
 
     return asyncio.run(serve_alone(config))
 
 
 def _console(config: Config, args: argparse.Namespace) -> int:
-    from bot.console import main as console_main
+    from bot.front.console import main as console_main
 
     return console_main(config, args.user, args.guild, args.out)
 
@@ -157,16 +158,6 @@ def _amount(text: str, config: Config) -> int:
     if amount > config.limits.max_grant:
         raise UsageError(f"amount {amount} is over limits.max_grant ({config.limits.max_grant})")
     return amount
-
-
-async def open_ledger(config: Config, kind: str) -> Ledger:
-    return await Ledger.open(
-        config.storage.database,
-        config.plans.as_ledger_plans(),
-        hold_ttl_seconds=config.limits.hold_ttl_seconds,
-        lease_seconds=config.limits.hold_lease_seconds,
-        kind=kind,
-    )
 
 
 def _ledger(config: Config, args: argparse.Namespace) -> int:

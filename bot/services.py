@@ -6,18 +6,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bot.admin import AdminService
-from bot.agents import AgentService
-from bot.ai import AIGateway
-from bot.avatars import AvatarService
-from bot.balances import BalanceService
-from bot.billing import Billing
-from bot.chat import ChatService
+from bot.billing.lemonsqueezy.client import Billing
 from bot.config import Config
-from bot.documents import DocumentService
-from bot.metering import Meter
-from bot.repository import Repository
-from bot.retrieval import Retriever
+from bot.core.admin import AdminService
+from bot.core.agents import AgentService
+from bot.core.ai import AIGateway
+from bot.core.avatars.service import AvatarService
+from bot.core.balances import BalanceService
+from bot.core.chat import ChatService
+from bot.core.documents.retrieval import Retriever
+from bot.core.documents.service import DocumentService
+from bot.core.metering import Meter
+from bot.core.repository import Repository
+from bot.runtime import open_ledger
 from ledger import Clock, Ledger
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,7 @@ class Services:
         clock: Clock | None = None,
         kind: str = "bot",
     ) -> Services:
-        ledger = await Ledger.open(
-            config.storage.database,
-            config.plans.as_ledger_plans(),
-            clock=clock,
-            hold_ttl_seconds=config.limits.hold_ttl_seconds,
-            lease_seconds=config.limits.hold_lease_seconds,
-            kind=kind,
-        )
+        ledger = await open_ledger(config, kind, clock=clock)
         try:
             repo = Repository(ledger.store)
             await repo.migrate()

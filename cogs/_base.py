@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.front import actor_of
+from bot.front.replies import actor_of
 
 
 class FeatureCog(commands.Cog):

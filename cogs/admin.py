@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.front import COLOR_OK, reply
+from bot.front.replies import COLOR_OK, reply
 from cogs.tokens import tokens_embed
 from ledger import guild_account, user_account
 

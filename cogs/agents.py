@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.agents import NAME_MAX, PROMPT_MAX
-from bot.front import COLOR_OK, actor_of, reply
-from bot.repository import Agent
+from bot.core.agents import NAME_MAX, PROMPT_MAX
+from bot.core.repository import Agent
+from bot.front.replies import COLOR_OK, actor_of, reply
 from cogs._base import FeatureCog, agent_names
 
 

@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.avatars import STYLE_MAX, AvatarResult
+from bot.core.avatars.service import STYLE_MAX, AvatarResult
 from bot.errors import InvalidInput
-from bot.front import COLOR_OK, actor_of, reply
+from bot.front.replies import COLOR_OK, actor_of, reply
 from cogs._base import FeatureCog, agent_names
 
 MB = 1_048_576

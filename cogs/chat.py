@@ -10,8 +10,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat import MESSAGE_MAX, ChatAnswer
-from bot.front import (
+from bot.core.chat import MESSAGE_MAX, ChatAnswer
+from bot.core.metering import Actor
+from bot.core.repository import Agent
+from bot.front.replies import (
     NO_MENTIONS,
     actor_of,
     error_text,
@@ -19,8 +21,6 @@ from bot.front import (
     reply,
     split_message,
 )
-from bot.metering import Actor
-from bot.repository import Agent
 from cogs._base import FeatureCog, agent_names
 from ledger import InsufficientTokens, guild_account
 

@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidInput
-from bot.front import COLOR_OK, actor_of, reply
+from bot.front.replies import COLOR_OK, actor_of, reply
 from cogs._base import FeatureCog, agent_names
 
 MB = 1_048_576

@@ -6,8 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.balances import TokenView
-from bot.front import COLOR_OK, actor_of, reply, upgrade_view
+from bot.core.balances import TokenView
+from bot.front.replies import COLOR_OK, actor_of, reply, upgrade_view
 from cogs._base import FeatureCog
 from ledger.subscriptions import parse_time
 

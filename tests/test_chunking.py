@@ -1,4 +1,4 @@
-"""bot.chunking: deterministic, bounded chunks with overlap and the right page numbers,
+"""bot.core.documents.chunking: deterministic, bounded chunks with overlap and the right page numbers,
 in linear time even for megabytes of text on one line."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from bot.chunking import Chunk, chunk, estimate_tokens
+from bot.core.documents.chunking import Chunk, chunk, estimate_tokens
 
 TARGET = 250
 OVERLAP = 30

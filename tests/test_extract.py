@@ -1,4 +1,4 @@
-"""bot.extract: the type comes from the content, every refusal is a clear sentence, and
+"""bot.core.documents.extract: the type comes from the content, every refusal is a clear sentence, and
 PDF pages keep their numbers."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from multiprocessing import get_context
 import pytest
 from PIL import Image
 
-import bot.extract
+import bot.core.documents.extract
+from bot.core.documents.extract import Extracted, extract
 from bot.errors import InvalidInput
-from bot.extract import Extracted, extract
 from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
 
 MB = 1024 * 1024
@@ -228,11 +228,11 @@ def test_a_pool_enforces_the_work_limits_too(monkeypatch: pytest.MonkeyPatch) ->
     data = make_pdf(["x" * 2_000 for _ in range(40)])
     # Each slice of 10 pages may use twice its share of a limit of 50,000 characters
     # (25,000), and holds 20,000: only the document's total is over.
-    monkeypatch.setattr(bot.extract, "MAX_PDF_TEXT_CHARS", 50_000)
+    monkeypatch.setattr(bot.core.documents.extract, "MAX_PDF_TEXT_CHARS", 50_000)
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         with pytest.raises(InvalidInput, match="more content than one document can"):
             extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool)
-    monkeypatch.setattr(bot.extract, "MAX_PDF_TEXT_CHARS", 30_000)  # a slice is over
+    monkeypatch.setattr(bot.core.documents.extract, "MAX_PDF_TEXT_CHARS", 30_000)  # a slice is over
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         with pytest.raises(InvalidInput, match="more content than one document can"):
             extract(data, max_bytes=LIMIT, max_pages=PAGES, pool=pool)

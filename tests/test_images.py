@@ -1,4 +1,4 @@
-"""bot.images: every accepted type becomes a clean 512x512 PNG; everything else is refused
+"""bot.core.avatars.images: every accepted type becomes a clean 512x512 PNG; everything else is refused
 with a sentence a member understands, before any pixel of a bomb is decoded."""
 
 from __future__ import annotations
@@ -11,8 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image, PngImagePlugin
 
+from bot.core.avatars.images import (
+    MAX_PIXELS,
+    SIZE,
+    UnusableImage,
+    normalize_avatar,
+    normalize_generated,
+)
 from bot.errors import InvalidInput
-from bot.images import MAX_PIXELS, SIZE, UnusableImage, normalize_avatar, normalize_generated
 
 MB = 1024 * 1024
 LIMIT = 8 * MB

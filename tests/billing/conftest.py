@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from bot.config import Config, LemonSqueezySettings, Secrets, StorageSettings
-from bot.webhooks import build_app
+from bot.http.sidecar import build_app
 from ledger import Ledger, ManualClock
 from tests.billing.payloads import SECRET, encode, sign
 

@@ -41,7 +41,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.webhooks import build_app
+from bot.http.sidecar import build_app
 from ledger import Ledger, ManualClock
 from tests.billing.conftest import make_config
 from tests.billing.payloads import encode, invoice, order, sign, subscription

@@ -322,7 +322,7 @@ async def test_healthz(sidecar: Sidecar) -> None:
 
 
 def test_body_hash_is_of_the_raw_bytes() -> None:
-    from bot.webhooks import parse_event
+    from bot.http.sidecar import parse_event
 
     body = encode(subscription("subscription_created"))
     assert parse_event(body).body_sha256 == hashlib.sha256(body).hexdigest()

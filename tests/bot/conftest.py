@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from bot.ai import AIGateway
-from bot.app import AgentBot
 from bot.config import Config, LemonSqueezySettings, OpenAISettings, StorageSettings
+from bot.core.ai import AIGateway
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner
 from bot.services import Services
-from bot.standin import CommandRunner
 
 GUILD = 1000
 OWNER = 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.standin import Sent
+from bot.front.standin import Sent
 
 
 def text(sent: list[Sent]) -> str:

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from bot.app import AgentBot
 from bot.errors import PermissionDenied
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner, StandInUser
 from bot.services import Services
-from bot.standin import CommandRunner, StandInUser
 from tests.bot.conftest import GUILD, OWNER
 from tests.bot.helpers import text
 
@@ -35,7 +35,7 @@ async def test_non_operator_is_refused_even_calling_the_callback(
 ) -> None:
     cog: Any = bot.get_cog("AdminCog")
     runner = CommandRunner(bot, user_id=OWNER, guild_id=GUILD)
-    from bot.standin import StandInInteraction, StandInPermissions, Transcript
+    from bot.front.standin import StandInInteraction, StandInPermissions, Transcript
 
     interaction = StandInInteraction(
         bot, StandInUser(OWNER), runner.guild, StandInPermissions(administrator=True), Transcript()

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from bot.core.metering import Actor
 from bot.errors import InvalidInput
-from bot.metering import Actor
+from bot.front.standin import CommandRunner, UsageError
 from bot.services import Services
-from bot.standin import CommandRunner, UsageError
 from tests.bot.conftest import GUILD, MANAGER, MEMBER
 from tests.bot.helpers import assert_mentions_disabled, text
 

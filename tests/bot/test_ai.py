@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bot.ai import AIGateway, _vector
 from bot.config import OpenAISettings
+from bot.core.ai import AIGateway, _vector
 from bot.errors import AIUnavailable, ContentRejected
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import discord
 
-from bot.app import PERMISSIONS, AgentBot, intents_for, invite_url
 from bot.config import Config
+from bot.front.app import PERMISSIONS, AgentBot, intents_for, invite_url
+from bot.front.standin import CommandRunner
 from bot.services import Services
-from bot.standin import CommandRunner
 
 
 async def test_every_command_has_a_valid_payload(bot: AgentBot) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from bot.standin import CommandRunner, StandInAttachment
 from tests.bot.conftest import GUILD
 from tests.bot.helpers import assert_mentions_disabled, text
 

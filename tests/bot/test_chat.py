@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bot.chat import trim_history
-from bot.repository import Turn
-from bot.retrieval import normalise, top_indices
+from bot.core.chat import trim_history
+from bot.core.documents.retrieval import normalise, top_indices
+from bot.core.repository import Turn
+from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from bot.standin import CommandRunner, StandInAttachment
 from tests.bot.conftest import GUILD
 from tests.bot.helpers import assert_mentions_disabled, text
 

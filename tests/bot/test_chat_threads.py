@@ -12,9 +12,9 @@ from typing import Any
 import discord
 import pytest
 
-from bot.app import AgentBot
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from bot.standin import CommandRunner, StandInAttachment
 from tests.bot.conftest import GUILD
 from tests.bot.helpers import text
 from tests.fakes.openai_server import _png

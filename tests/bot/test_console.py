@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from bot.config import Config
-from bot.console import run_console
+from bot.front.console import run_console
 from bot.services import Services
 from tests.children import bot_env
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from bot.standin import CommandRunner, StandInAttachment
 from tests.bot.conftest import GUILD
 from tests.bot.helpers import text
 from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
@@ -120,9 +120,11 @@ async def test_refusals_charge_nothing_and_store_nothing(
 async def test_failure_in_the_middle_leaves_nothing(
     owner: CommandRunner, services: Services, fake_openai: Any, nova: None, monkeypatch: Any
 ) -> None:
-    import bot.documents
+    import bot.core.documents.service
 
-    monkeypatch.setattr(bot.documents, "BATCH_CHUNKS", 4)  # make three batches of a small file
+    monkeypatch.setattr(
+        bot.core.documents.service, "BATCH_CHUNKS", 4
+    )  # make three batches of a small file
     fake_openai.fail_request("embeddings", 2, "500")
     sent = await _upload(owner, "notes.txt", "\n\n".join(_pages(3)).encode())
     assert "nothing was charged" in text(sent).lower()

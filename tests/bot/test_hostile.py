@@ -26,15 +26,15 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-import bot.extract
-from bot.agents import _NAME, NAME_MAX
-from bot.ai import AIGateway
-from bot.app import AgentBot
+import bot.core.documents.extract
 from bot.config import Config, OpenAISettings, StorageSettings
+from bot.core.agents import _NAME, NAME_MAX
+from bot.core.ai import AIGateway
+from bot.core.metering import Actor
 from bot.errors import InvalidInput
-from bot.metering import Actor
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner, Sent, StandInAttachment, UsageError
 from bot.services import Services
-from bot.standin import CommandRunner, Sent, StandInAttachment, UsageError
 from tests.bot.conftest import GUILD, OWNER
 from tests.bot.helpers import assert_mentions_disabled, text
 from tests.fakes.openai_server import FakeOpenAI
@@ -381,7 +381,7 @@ async def test_document_upload(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if case.text_limit is not None:
-        monkeypatch.setattr(bot.extract, "MAX_PDF_TEXT_CHARS", case.text_limit)
+        monkeypatch.setattr(bot.core.documents.extract, "MAX_PDF_TEXT_CHARS", case.text_limit)
     data = corpus(case.name)
     filename = case.upload_as or case.name
     before = await state(services, fake_openai, account)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bot.metering import Actor
+from bot.core.metering import Actor
 from bot.services import Services
 from ledger import InsufficientTokens
 

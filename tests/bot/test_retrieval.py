@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.retrieval import Retriever
+from bot.core.documents.retrieval import Retriever
 
 
 class StubRepo:

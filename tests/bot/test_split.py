@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.front import MESSAGE_LIMIT, split_message
+from bot.front.replies import MESSAGE_LIMIT, split_message
 
 
 def _balanced(part: str) -> bool:

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pydantic import SecretStr
 
+from bot.front.standin import CommandRunner
 from bot.services import Services
-from bot.standin import CommandRunner
 from tests.bot.conftest import GUILD, MEMBER
 from tests.bot.helpers import text
 from tests.children import bot_env
@@ -97,7 +97,7 @@ async def test_dm_upgrades_the_users_own_account(
 async def test_already_pro_gets_a_fresh_portal_link(
     owner: CommandRunner, with_api: Any, services: Services
 ) -> None:
-    from bot.webhooks import parse_event
+    from bot.http.sidecar import parse_event
     from ledger.subscriptions import apply_event
     from tests.billing.payloads import encode, subscription
 

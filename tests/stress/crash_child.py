@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.app import AgentBot
 from bot.config import load
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner
 from bot.services import Services
-from bot.standin import CommandRunner
 
 # Each op runs as one member; the ledger records the member on the op's charge, so the
 # test maps every charge back to the op that made it.
@@ -120,7 +120,7 @@ async def _worker(
 
 async def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    meter_log = logging.getLogger("bot.metering")
+    meter_log = logging.getLogger("bot.core.metering")
     meter_log.setLevel(logging.INFO)
     meter_log.addHandler(_Progress())
     meter_log.propagate = False  # standard error keeps the warnings only

@@ -7,7 +7,7 @@ both judge replies by the very same rule.
 
 from __future__ import annotations
 
-from bot.standin import Sent
+from bot.front.standin import Sent
 
 INSUFFICIENT = "❌ Insufficient Tokens"
 AI_BUSY = "The AI service is busy right now; nothing was charged."

@@ -25,11 +25,11 @@ import traceback
 from collections import Counter
 from typing import Any
 
-from bot.ai import AIGateway
-from bot.app import AgentBot
 from bot.config import load
+from bot.core.ai import AIGateway
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner
 from bot.services import Services
-from bot.standin import CommandRunner
 from tests.stress.load_replies import outcome, shown
 
 

@@ -54,7 +54,7 @@ import aiohttp
 import pytest
 
 from bot.config import Config, OpenAISettings, StorageSettings
-from bot.metering import Actor
+from bot.core.metering import Actor
 from bot.services import Services
 from ledger import Ledger
 from tests.billing.payloads import SECRET, encode, invoice, sign, subscription

@@ -33,9 +33,7 @@ from typing import Any
 
 import pytest
 
-import bot.standin as standin
-from bot.ai import AIGateway
-from bot.app import AgentBot
+import bot.front.standin as standin
 from bot.config import (
     Config,
     CostsSettings,
@@ -45,8 +43,10 @@ from bot.config import (
     PlansSettings,
     StorageSettings,
 )
+from bot.core.ai import AIGateway
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner, Sent
 from bot.services import Services
-from bot.standin import CommandRunner, Sent
 from tests.stress.load_replies import outcome, shown
 
 GUILD = 4242

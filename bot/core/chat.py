@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.agents import AgentService
-from bot.ai import AIGateway
-from bot.chunking import estimate_tokens
 from bot.config import Config
+from bot.core.agents import AgentService
+from bot.core.ai import AIGateway
+from bot.core.documents.chunking import estimate_tokens
+from bot.core.documents.retrieval import Hit, Retriever
+from bot.core.metering import Actor, Meter
+from bot.core.repository import Agent, Repository, Turn
 from bot.errors import InvalidInput
-from bot.metering import Actor, Meter
-from bot.repository import Agent, Repository, Turn
-from bot.retrieval import Hit, Retriever
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from multiprocessing import get_context
 import aiosqlite
 import numpy as np
 
-from bot.agents import AgentService
-from bot.ai import AIGateway
-from bot.chunking import Chunk, chunk
 from bot.config import Config
+from bot.core.agents import AgentService
+from bot.core.ai import AIGateway
+from bot.core.documents.chunking import Chunk, chunk
+from bot.core.documents.extract import Extracted, extract
+from bot.core.documents.retrieval import Retriever, to_blob
+from bot.core.metering import Actor, Meter
+from bot.core.repository import Document, Repository
 from bot.errors import InvalidInput, NotFound
-from bot.extract import Extracted, extract
-from bot.metering import Actor, Meter
-from bot.repository import Document, Repository
-from bot.retrieval import Retriever, to_blob
 
 log = logging.getLogger(__name__)
 

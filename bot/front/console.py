@@ -12,10 +12,10 @@ from typing import IO
 
 import discord
 
-from bot.app import AgentBot
 from bot.config import Config
+from bot.front.app import AgentBot
+from bot.front.standin import CommandRunner, Sent, UsageError
 from bot.services import Services
-from bot.standin import CommandRunner, Sent, UsageError
 
 
 def render(sent: Sent, out_dir: Path) -> str:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import aiosqlite
 
 from bot.config import Config
+from bot.core.metering import Actor
+from bot.core.repository import Agent, Repository
 from bot.errors import AgentLimitReached, InvalidInput, NotFound, PermissionDenied
-from bot.metering import Actor
-from bot.repository import Agent, Repository
 from ledger import Ledger, LedgerError
 
 NAME_MAX = 32

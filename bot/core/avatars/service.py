@@ -16,13 +16,13 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.agents import AgentService
-from bot.ai import AIGateway, ImageResult
 from bot.config import Config
+from bot.core.agents import AgentService
+from bot.core.ai import AIGateway, ImageResult
+from bot.core.avatars.images import UnusableImage, normalize_avatar, normalize_generated
+from bot.core.metering import Actor, Meter
+from bot.core.repository import Agent, Repository
 from bot.errors import AIUnavailable
-from bot.images import UnusableImage, normalize_avatar, normalize_generated
-from bot.metering import Actor, Meter
-from bot.repository import Agent, Repository
 from ledger import InsufficientTokens, Ledger
 
 log = logging.getLogger(__name__)

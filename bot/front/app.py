@@ -22,12 +22,12 @@ from discord import app_commands
 from discord.ext import commands
 
 import cogs
-from bot.billing import static_checkout_url
+from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
-from bot.front import report_error
-from bot.repository import Agent
+from bot.core.repository import Agent
+from bot.front.replies import report_error
+from bot.http.sidecar import start_sidecar
 from bot.services import Services
-from bot.webhooks import start_sidecar
 
 log = logging.getLogger(__name__)
 

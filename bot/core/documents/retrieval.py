@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.repository import Repository
+from bot.core.repository import Repository
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 import bot
 from bot.config import Config
+from bot.runtime import open_ledger
 from ledger import Ledger
 from ledger.store import is_busy
 from ledger.subscriptions import BillingEvent, EventOutcome, apply_event
@@ -173,8 +174,6 @@ async def start_sidecar(
 
 async def serve_alone(config: Config) -> int:
     """`python -m bot webhooks`: the sidecar in its own process, on the same database."""
-    from bot.cli import open_ledger
-
     ledger = await open_ledger(config, "webhooks")
     try:
         ledger.start_maintenance()

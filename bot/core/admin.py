@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bot.balances import BalanceService, TokenView
 from bot.config import Config
+from bot.core.balances import BalanceService, TokenView
 from bot.errors import InvalidInput, PermissionDenied
 from ledger import Adjustment, Balance, InvalidAmount, Ledger
 

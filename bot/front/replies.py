@@ -10,8 +10,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.core.metering import Actor
 from bot.errors import BotError
-from bot.metering import Actor
 from ledger import InsufficientTokens, LedgerError, guild_account, user_account
 
 log = logging.getLogger(__name__)

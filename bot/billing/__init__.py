@@ -1,0 +1,1 @@
+"""Billing: plans from payment providers' subscriptions and orders."""

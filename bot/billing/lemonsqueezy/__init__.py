@@ -1,0 +1,1 @@
+"""LemonSqueezy: checkouts, the customer portal, webhook events."""

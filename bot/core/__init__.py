@@ -1,0 +1,1 @@
+"""Discord-free, HTTP-free, provider-free application services."""

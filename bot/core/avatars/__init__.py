@@ -1,0 +1,1 @@
+"""Avatars: generated (metered) or uploaded (free), checked and normalised."""

@@ -1,0 +1,1 @@
+"""Documents: read, chunk, embed, store and retrieve an agent's documents."""

@@ -1,0 +1,1 @@
+"""The aiohttp sidecar: webhooks, health, avatars."""

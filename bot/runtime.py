@@ -1,0 +1,19 @@
+"""The composition root: how every process (run, webhooks, console, the CLI) opens the
+ledger from the configuration. Written once here so no front end repeats its arguments."""
+
+from __future__ import annotations
+
+from bot.config import Config
+from ledger import Clock, Ledger
+
+
+async def open_ledger(config: Config, kind: str, *, clock: Clock | None = None) -> Ledger:
+    """The ledger on the configured database, registered as a process of `kind`."""
+    return await Ledger.open(
+        config.storage.database,
+        config.plans.as_ledger_plans(),
+        clock=clock,
+        hold_ttl_seconds=config.limits.hold_ttl_seconds,
+        lease_seconds=config.limits.hold_lease_seconds,
+        kind=kind,
+    )
