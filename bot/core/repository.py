@@ -72,6 +72,10 @@ APP_MIGRATIONS: list[str] = [
     );
     CREATE INDEX turns_conversation ON turns(conversation_id, id);
     """,
+    # 2: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
 ]
 
 
