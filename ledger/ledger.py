@@ -20,6 +20,8 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -31,10 +33,20 @@ import aiosqlite
 from ledger import queries
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
+from ledger.archive import archive_batch
 from ledger.clock import Clock, SystemClock, from_text, to_text
 from ledger.errors import HoldNotFound, InsufficientTokens, UnknownPlan
 from ledger.periods import add_months, period_containing
-from ledger.records import Adjustment, Balance, Hold, Resolution, SweepReport, UsageEntry, Violation
+from ledger.records import (
+    Adjustment,
+    Balance,
+    CompactReport,
+    Hold,
+    Resolution,
+    SweepReport,
+    UsageEntry,
+    Violation,
+)
 from ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,12 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "free": Plan("free", 250_000, 3),
     "pro": Plan("pro", 10_000_000, 0),
 }
+
+# Maintenance archives this many batches of holds per round, so a backlog is worked off
+# over several rounds instead of in one long stretch of writer time.
+ARCHIVE_BATCHES_PER_ROUND = 5
+IDLE_CHECKPOINT_SECONDS = 5.0
+LONG_READ_SECONDS = 1.0
 
 # The instances this process has open: any other instance recorded with our pid on this
 # host is a dead process whose pid was reused by us.
@@ -67,6 +85,7 @@ class Ledger:
         self.lease = timedelta(seconds=lease_seconds)
         self.instance_id = instance_id
         self._maintenance: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0.0
 
     @classmethod
     async def open(
@@ -78,8 +97,9 @@ class Ledger:
         hold_ttl_seconds: float = 900,
         lease_seconds: float = 30,
         kind: str = "bot",
+        secure_delete: bool = False,
     ) -> Ledger:
-        store = await Store.open(path)
+        store = await Store.open(path, secure_delete=secure_delete)
         ledger = cls(
             store,
             plans or DEFAULT_PLANS,
@@ -314,7 +334,7 @@ class Ledger:
         await conn.execute(
             "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
             " model_used, tokens_used, bonus_delta, status, hold_id, period_seq, details,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, hold_amount) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 account_id,
                 hold["user_id"],
@@ -328,6 +348,7 @@ class Ledger:
                 row["period_seq"],
                 _excess_note(details, excess),
                 to_text(now),
+                hold["amount"],
             ),
         )
         if excess:
@@ -350,6 +371,14 @@ class Ledger:
             " JOIN usage_limits u USING (account_id) WHERE h.hold_id = ?",
             (hold_id,),
         )
+        if not rows:  # archived (ledger/archive.py): its audit row is its record
+            rows = await conn.execute_fetchall(
+                "SELECT CASE t.status WHEN 'charged' THEN 'committed' ELSE t.status END"
+                " AS status, COALESCE(t.hold_amount, t.tokens_used) AS amount,"
+                " t.tokens_used AS charged, u.* FROM token_usage t"
+                " JOIN usage_limits u USING (account_id) WHERE t.hold_id = ?",
+                (hold_id,),
+            )
         if not rows:
             raise HoldNotFound(f"no hold {hold_id!r}")
         r = dict(rows[0])
@@ -654,11 +683,74 @@ class Ledger:
             try:
                 await self.renew_lease()
                 await self.sweep()
+                await self.archive_holds(max_batches=ARCHIVE_BATCHES_PER_ROUND)
+                await self._checkpoint_when_idle()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a busy database must not kill the lease loop
                 log.exception("ledger maintenance failed; retrying")
             await asyncio.sleep(interval)
+
+    # ---- a bounded database: archive, checkpoint, compact -----------------------------
+
+    async def archive_holds(self, max_batches: int | None = None) -> int:
+        """Delete resolved holds older than their time to live, whose audit rows stand for
+        them (ledger/archive.py), in short batches on the writer. Returns how many."""
+        cutoff = to_text(self.clock.now() - self.hold_ttl)
+        total, batches = 0, 0
+        while max_batches is None or batches < max_batches:
+            deleted = await self.store.on_writer(lambda raw: archive_batch(raw, cutoff))
+            if deleted is None:
+                break
+            total += deleted
+            batches += 1
+        return total
+
+    async def _checkpoint_when_idle(self) -> None:
+        """Empty the WAL once the writer has rested a while, so the file shrinks back
+        after a burst or a long reader instead of keeping its largest size."""
+        idle = time.monotonic() - self.store.last_write
+        if idle >= IDLE_CHECKPOINT_SECONDS and self._checkpointed_at != self.store.last_write:
+            mark = self.store.last_write
+            if not (await self.store.checkpoint("TRUNCATE")).busy:
+                self._checkpointed_at = mark
+
+    async def _after_long_read(self, started: float) -> None:
+        """Empty the WAL that built up while a long job read (its pages are short reads,
+        but the log grew meanwhile and keeps its size until a checkpoint truncates it)."""
+        if time.monotonic() - started >= LONG_READ_SECONDS:
+            await self.store.checkpoint("TRUNCATE")
+
+    async def compact(self, step_pages: int = 2_000) -> CompactReport:
+        """Reclaim space online: archive every eligible hold, give free pages back to the
+        file system a few thousand at a time (incremental vacuum: writers only wait for
+        one step), and empty the WAL. A database made before auto_vacuum=INCREMENTAL
+        needs one full VACUUM first (writers wait for it): `converted` says it ran."""
+        archived = await self.archive_holds()
+        converted = await self.store.on_writer(_pragma_value("auto_vacuum")) != 2
+        if converted:
+
+            def convert(raw: sqlite3.Connection) -> None:
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+
+            await self.store.on_writer(convert)
+        freed = 0
+        while True:
+
+            def step(raw: sqlite3.Connection) -> int:
+                before = raw.execute("PRAGMA freelist_count").fetchone()[0]
+                if before:
+                    raw.execute(f"PRAGMA incremental_vacuum({step_pages})").fetchall()
+                return before - raw.execute("PRAGMA freelist_count").fetchone()[0]
+
+            pages = await self.store.on_writer(step)
+            freed += pages
+            if pages == 0:
+                break
+        page_size = await self.store.on_writer(_pragma_value("page_size"))
+        checkpoint = await self.store.checkpoint("TRUNCATE")
+        return CompactReport(archived, freed * page_size, converted, not checkpoint.busy)
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -683,7 +775,11 @@ class Ledger:
         page: int = queries.EXPORT_PAGE,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        return await queries.export_csv(self.store.reader, out, page=page, progress=progress)
+        started = time.monotonic()
+        try:
+            return await queries.export_csv(self.store.reader, out, page=page, progress=progress)
+        finally:
+            await self._after_long_read(started)
 
     async def verified_before(self) -> bool:
         """Whether a clean verify has recorded a checkpoint to start from."""
@@ -694,7 +790,11 @@ class Ledger:
     ) -> list[Violation]:
         """The invariants: incremental from the last clean run (recorded in the ledger),
         or the whole log with `full`. A clean run records itself for the next one."""
-        outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+        started = time.monotonic()
+        try:
+            outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+        finally:
+            await self._after_long_read(started)
         if not outcome.violations:
             mode = "incremental" if outcome.base else "full"
             now = to_text(self.clock.now())
@@ -714,6 +814,10 @@ def _process_alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
+    return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 def _hold_id(hold: Hold | str) -> str:

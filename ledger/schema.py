@@ -150,4 +150,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX token_usage_period
         ON token_usage(account_id, period_seq, status, operation_type, tokens_used);
     """,
+    # 5: the amount a hold set aside, on the audit row it produced, so that row stands for
+    # the hold once the hold row is archived (ledger/archive.py).
+    """
+    ALTER TABLE token_usage ADD COLUMN hold_amount INTEGER;
+    """,
 ]
