@@ -116,7 +116,7 @@ class ChatService:
             )
         turns = await self.repo.recent_turns(conversation.id) if conversation else []
         history = trim_history(turns, HISTORY_BUDGET)
-        use_documents = await self.retriever.has_chunks(agent.id)
+        use_documents = await self.retriever.has_chunks(agent.account_id, agent.id)
         cap = self.config.openai.max_completion_tokens
         # The excerpts are not known before the call: hold room for TOP_K full chunks.
         draft = build_messages(agent, [], history, message)
@@ -132,7 +132,9 @@ class ChatService:
             if use_documents:
                 query = await self.ai.embed([message])
                 embed_tokens = query.total_tokens
-                sources.extend(await self.retriever.top_k(agent.id, query.vectors[0], TOP_K))
+                sources.extend(
+                    await self.retriever.top_k(agent.account_id, agent.id, query.vectors[0], TOP_K)
+                )
             answer = await self.ai.chat(build_messages(agent, sources, history, message), cap)
             return _Reply(answer.text, answer.total_tokens, embed_tokens)
 
@@ -142,6 +144,7 @@ class ChatService:
             )
 
         async def store(conn: aiosqlite.Connection, reply: _Reply) -> None:
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             conversation_id = await self.repo.open_conversation_in(
                 conn, thread_key, agent.id, actor.account_id
             )
