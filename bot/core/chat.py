@@ -16,10 +16,11 @@ import aiosqlite
 from bot.config import Config
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
-from bot.core.documents.chunking import estimate_tokens
+from bot.core.documents.chunking import DEFAULT_TARGET_TOKENS
 from bot.core.documents.retrieval import Hit, Retriever
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Agent, Repository, Turn
+from bot.core.tokens import MESSAGE_OVERHEAD, count_messages, count_tokens
 from bot.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,11 @@ log = logging.getLogger(__name__)
 MESSAGE_MAX = 4000
 TOP_K = 5
 HISTORY_BUDGET = 2000  # tokens of earlier turns sent with each message
-PER_MESSAGE_OVERHEAD = 4  # the chat format's own tokens around each message
+# Room held for one excerpt: a chunk (at most DEFAULT_TARGET_TOKENS of the embedding
+# model's tokens; the chat model's encoding of the same text is close, o200k_base usually
+# fewer) plus its "[document, page]" line. Doubled: the hold must never be below the cost.
+EXCERPT_ROOM = 2 * DEFAULT_TARGET_TOKENS + 40
+EXCERPTS_INTRO = 60  # the sentence that introduces the excerpts (about 25 tokens)
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,8 @@ def build_messages(
     return messages
 
 
-def estimate_prompt(messages: list[dict[str, str]]) -> int:
-    return sum(estimate_tokens(m["content"]) + PER_MESSAGE_OVERHEAD for m in messages)
+def estimate_prompt(messages: list[dict[str, str]], model: str) -> int:
+    return count_messages(messages, model)
 
 
 class ChatService:
@@ -118,14 +123,16 @@ class ChatService:
         history = trim_history(turns, HISTORY_BUDGET)
         use_documents = await self.retriever.has_chunks(agent.id)
         cap = self.config.openai.max_completion_tokens
-        # The excerpts are not known before the call: hold room for TOP_K full chunks.
-        draft = build_messages(agent, [], history, message)
-        excerpt_room = TOP_K * 330 if use_documents else 0
-        embed_estimate = estimate_tokens(message) + PER_MESSAGE_OVERHEAD if use_documents else 0
-        estimate = estimate_prompt(draft) + excerpt_room + cap + embed_estimate
-        sources: list[Hit] = []
         chat_model = self.config.openai.chat_model
         embed_model = self.config.openai.embedding_model
+        # The excerpts are not known before the call: hold room for TOP_K full chunks.
+        draft = build_messages(agent, [], history, message)
+        excerpt_room = EXCERPTS_INTRO + TOP_K * EXCERPT_ROOM if use_documents else 0
+        embed_estimate = count_tokens(message, embed_model) if use_documents else 0
+        estimate = self.meter.weighted(
+            chat_model, estimate_prompt(draft, chat_model) + excerpt_room + cap
+        ) + self.meter.weighted(embed_model, embed_estimate)
+        sources: list[Hit] = []
 
         async def call() -> _Reply:
             embed_tokens = 0
@@ -149,9 +156,11 @@ class ChatService:
                 conn,
                 conversation_id,
                 [
-                    Turn("user", message, estimate_tokens(message) + PER_MESSAGE_OVERHEAD),
+                    Turn("user", message, count_tokens(message, chat_model) + MESSAGE_OVERHEAD),
                     Turn(
-                        "assistant", reply.text, estimate_tokens(reply.text) + PER_MESSAGE_OVERHEAD
+                        "assistant",
+                        reply.text,
+                        count_tokens(reply.text, chat_model) + MESSAGE_OVERHEAD,
                     ),
                 ],
             )

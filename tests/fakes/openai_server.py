@@ -1,7 +1,8 @@
 """A fake OpenAI server on 127.0.0.1 that speaks the real HTTP API (images, chat,
 embeddings), so the real `openai` client is exercised end to end.
 
-It reports deterministic usage figures, counts and records every request, and can be
+It reports usage figures counted with the real tokenizers (bot.core.tokens, the same
+encodings OpenAI bills with), so a hold too small for the real cost shows in the tests, counts and records every request, and can be
 told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
 to fail at random with a seed. Embeddings are hashed bag-of-words vectors, so texts
 that share words are close: retrieval becomes testable.
@@ -19,7 +20,6 @@ import base64
 import functools
 import hashlib
 import io
-import math
 import random
 import re
 import time
@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 from PIL import Image, ImageDraw
+
+from bot.core.tokens import REPLY_PRIMING, count_tokens, truncate_tokens
 
 ENDPOINTS = {
     "/v1/images/generations": "images",
@@ -50,9 +52,9 @@ FAILURES = {
 _WORD = re.compile(r"\w+")
 
 
-def fake_tokens(text: str) -> int:
-    """The fake's token count: about one per five characters (below the bot's estimate)."""
-    return math.ceil(len(text) / 5) + 1
+def real_tokens(text: str, model: str) -> int:
+    """What the real API counts for `text` as input to `model`."""
+    return count_tokens(text, model)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -220,7 +222,7 @@ class FakeOpenAI:
         return web.json_response({"error": error}, status=status)
 
     def _images(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
-        prompt_tokens = fake_tokens(str(body.get("prompt", "")))
+        prompt_tokens = real_tokens(str(body.get("prompt", "")), str(body.get("model", "")))
         usage = {
             "input_tokens": prompt_tokens,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
@@ -239,9 +241,14 @@ class FakeOpenAI:
         messages = body.get("messages", [])
         answer = self.chat_answer(messages) if callable(self.chat_answer) else self.chat_answer
         cap = int(body.get("max_completion_tokens") or 4096)
-        answer = answer[: max(1, (cap - 1) * 5)]
-        prompt = sum(fake_tokens(str(m.get("content", ""))) + 3 for m in messages)
-        completion = min(cap, fake_tokens(answer))
+        model = str(body.get("model", ""))
+        # The real API stops at the cap; its format costs 3 tokens a message and 3 more
+        # priming the reply (OpenAI's published figures).
+        answer = truncate_tokens(answer, cap, model)
+        prompt = (
+            sum(real_tokens(str(m.get("content", "")), model) + 3 for m in messages) + REPLY_PRIMING
+        )
+        completion = real_tokens(answer, model)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -278,7 +285,7 @@ class FakeOpenAI:
                 else vector.tolist()
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        tokens = sum(fake_tokens(str(t)) for t in inputs)
+        tokens = sum(real_tokens(str(t), str(body.get("model", ""))) for t in inputs)
         record.usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {
             "object": "list",
