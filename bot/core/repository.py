@@ -81,6 +81,10 @@ APP_MIGRATIONS: list[str] = [
         retired_at  TEXT NOT NULL
     );
     """,
+    # 3: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
 ]
 
 
