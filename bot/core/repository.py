@@ -82,7 +82,11 @@ APP_MIGRATIONS: list[str] = [
         retired_at  TEXT NOT NULL
     );
     """,
-    # 3: ids are never reused (AUTOINCREMENT): a row deleted while work for it is in
+    # 3: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
+    # 4: ids are never reused (AUTOINCREMENT): a row deleted while work for it is in
     # flight must never be mistaken for a new one that took its id (issue 10, finding 3).
     # Each agent gets documents_version, bumped in the transaction of every change to its
     # documents: the retrieval cache's key. SQLite adds AUTOINCREMENT only by rebuilding
@@ -166,6 +170,7 @@ APP_MIGRATIONS: list[str] = [
     CREATE INDEX chunks_agent ON chunks(agent_id);
     CREATE INDEX chunks_document ON chunks(document_id);
     CREATE INDEX turns_conversation ON turns(conversation_id, id);
+    CREATE INDEX conversations_agent ON conversations(agent_id);
     """,
 ]
 

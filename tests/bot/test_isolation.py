@@ -141,6 +141,17 @@ async def test_the_autoincrement_migration_keeps_every_row(tmp_path: Path) -> No
             " ('agents', 'documents', 'chunks', 'conversations')"
         )
         assert len(schemas) == 4 and all("AUTOINCREMENT" in r[0] for r in schemas)
+        indexes = await reader.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            " AND tbl_name IN ('documents', 'chunks', 'conversations', 'turns')"
+        )
+        assert {r[0] for r in indexes} >= {
+            "documents_agent",
+            "chunks_agent",
+            "chunks_document",
+            "conversations_agent",
+            "turns_conversation",
+        }
         assert await reader.execute_fetchall("PRAGMA foreign_key_check") == []
     finally:
         await store.close()
