@@ -198,54 +198,89 @@ async def _cap_tokens(
     return int(rows[0][0]) if rows else None
 
 
+ACCOUNT_PAGE = 500
+
+
 async def verify_in(conn: aiosqlite.Connection) -> list[tuple[str, str]]:
-    """(account, message) for every member counter that disagrees with the audit log."""
+    """(account, message) for every member counter that disagrees with the audit log.
+
+    Only the current period's counters matter to caps (an earlier period's row restarts
+    at 0 on its next write), so each account's check reads its current period's charges
+    and its pending holds: the cost follows the period, not the ledger's age. Accounts go
+    in keyset pages, each page in one read snapshot, so the comparison is exact."""
     found: list[tuple[str, str]] = []
-    rows: list[Any] = await conn.execute_fetchall(
-        """
-        SELECT m.account_id, m.user_id, m.period_seq, m.tokens_used, m.tokens_held,
-          (SELECT COALESCE(SUM(t.tokens_used), 0) FROM token_usage t
-            WHERE t.account_id = m.account_id AND t.user_id = m.user_id
-            AND t.period_seq = m.period_seq AND t.status = 'charged') AS charged,
-          (SELECT COALESCE(SUM(h.amount), 0) FROM holds h
-            WHERE h.account_id = m.account_id AND h.user_id = m.user_id
-            AND h.status = 'pending') AS pending
-        FROM member_spending m ORDER BY m.account_id, m.user_id
-        """
-    )
-    for r in rows:
-        who = f"member {r['user_id']}"
-        if r["tokens_used"] != r["charged"]:
+    after = ""
+    while True:
+        await conn.execute("BEGIN")
+        try:
+            page = await conn.execute_fetchall(
+                "SELECT account_id, period_seq FROM usage_limits WHERE account_id > ?"
+                " ORDER BY account_id LIMIT ?",
+                (after, ACCOUNT_PAGE),
+            )
+            if not page:
+                break
+            low, high = page[0][0], page[-1][0]
+            counters = await conn.execute_fetchall(
+                "SELECT m.account_id, m.user_id, m.tokens_used, m.tokens_held,"
+                " m.period_seq = u.period_seq AS current FROM member_spending m"
+                " JOIN usage_limits u ON u.account_id = m.account_id"
+                " WHERE m.account_id BETWEEN ? AND ?",
+                (low, high),
+            )
+            charges = await conn.execute_fetchall(
+                "SELECT t.account_id, t.user_id, SUM(t.tokens_used) FROM usage_limits u"
+                " JOIN token_usage t ON t.account_id = u.account_id"
+                " AND t.period_seq = u.period_seq AND t.status = 'charged'"
+                " WHERE u.account_id BETWEEN ? AND ? AND t.user_id IS NOT NULL"
+                " GROUP BY t.account_id, t.user_id",
+                (low, high),
+            )
+            pending = await conn.execute_fetchall(
+                "SELECT account_id, user_id, SUM(amount) FROM holds WHERE status = 'pending'"
+                " AND account_id BETWEEN ? AND ? AND user_id IS NOT NULL"
+                " GROUP BY account_id, user_id",
+                (low, high),
+            )
+        finally:
+            await conn.execute("COMMIT")
+        found += _breaches(counters, charges, pending)
+        after = high
+    return found
+
+
+def _breaches(counters: list[Any], charges: list[Any], pending: list[Any]) -> list[tuple[str, str]]:
+    charged = {(r[0], r[1]): r[2] for r in charges}
+    held = {(r[0], r[1]): r[2] for r in pending}
+    found: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for account, user, used, holding, current in counters:
+        key = (account, user)
+        if current:
+            seen.add(key)
+            if used != charged.get(key, 0):
+                found.append(
+                    (
+                        account,
+                        f"member {user} tokens_used {used} != their charges this period"
+                        f" ({charged.get(key, 0)})",
+                    )
+                )
+        if holding != held.get(key, 0):
             found.append(
                 (
-                    r["account_id"],
-                    f"{who} tokens_used {r['tokens_used']} != their charges in period"
-                    f" {r['period_seq']} ({r['charged']})",
+                    account,
+                    f"member {user} tokens_held {holding} != their pending holds"
+                    f" ({held.get(key, 0)})",
                 )
             )
-        if r["tokens_held"] != r["pending"]:
+    for (account, user), amount in sorted(charged.items()):
+        if (account, user) not in seen:
             found.append(
                 (
-                    r["account_id"],
-                    f"{who} tokens_held {r['tokens_held']} != their pending holds ({r['pending']})",
+                    account,
+                    f"member {user} has {amount} tokens of charges this period"
+                    " but no spending counter for it",
                 )
             )
-    missing = await conn.execute_fetchall(
-        """
-        SELECT t.account_id, t.user_id, SUM(t.tokens_used) AS charged
-        FROM token_usage t JOIN usage_limits u ON u.account_id = t.account_id
-        WHERE t.status = 'charged' AND t.user_id IS NOT NULL AND t.period_seq = u.period_seq
-          AND NOT EXISTS (SELECT 1 FROM member_spending m WHERE m.account_id = t.account_id
-            AND m.user_id = t.user_id AND m.period_seq = t.period_seq)
-        GROUP BY t.account_id, t.user_id
-        """
-    )
-    for r in missing:
-        found.append(
-            (
-                r["account_id"],
-                f"member {r['user_id']} has {r['charged']} tokens of charges this period"
-                " but no spending counter for it",
-            )
-        )
     return found

@@ -72,6 +72,19 @@ APP_MIGRATIONS: list[str] = [
     );
     CREATE INDEX turns_conversation ON turns(conversation_id, id);
     """,
+    # 2 (chat): a conversation whose agent was deleted is remembered, so that its
+    # thread can say so instead of falling silent.
+    """
+    CREATE TABLE retired_conversations (
+        thread_key  TEXT PRIMARY KEY,
+        agent_name  TEXT NOT NULL,
+        retired_at  TEXT NOT NULL
+    );
+    """,
+    # 3: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
 ]
 
 
@@ -185,9 +198,26 @@ class Repository:
         )
 
     async def delete_agent(self, agent_id: int) -> None:
-        await self.store.write(
-            lambda conn: conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO retired_conversations (thread_key, agent_name, retired_at)"
+                " SELECT c.thread_key, a.name, ? FROM conversations c JOIN agents a"
+                " ON a.id = c.agent_id WHERE c.agent_id = ?"
+                " ON CONFLICT (thread_key) DO NOTHING",
+                (_now(), agent_id),
+            )
+            await conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+
+        await self.store.write(op)
+
+    async def agent_losses(self, agent_id: int) -> tuple[int, int, int]:
+        """What deleting an agent loses: (documents, chunks, tokens spent on them)."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(SUM(chunks), 0), COALESCE(SUM(tokens), 0)"
+            " FROM documents WHERE agent_id = ?",
+            (agent_id,),
         )
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def set_avatar_in(
         self, conn: aiosqlite.Connection, agent_id: int, path: str, source: str
@@ -300,6 +330,32 @@ class Repository:
             (thread_key, agent_id, account_id, _now()),
         )
         return int(rows[0][0])
+
+    async def retired_agent(self, thread_key: str) -> str | None:
+        """The name of the deleted agent this thread talked with, if it was one."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT agent_name FROM retired_conversations WHERE thread_key = ?", (thread_key,)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def delete_conversation(self, thread_key: str) -> int:
+        """Forget a conversation (its turns go with it); returns the turns forgotten."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+                " WHERE c.thread_key = ?",
+                (thread_key,),
+            )
+            await conn.execute(
+                "DELETE FROM turns WHERE conversation_id IN"
+                " (SELECT id FROM conversations WHERE thread_key = ?)",
+                (thread_key,),
+            )
+            await conn.execute("DELETE FROM conversations WHERE thread_key = ?", (thread_key,))
+            return int(rows[0][0])
+
+        return await self.store.write(op)
 
     async def recent_turns(self, conversation_id: int, limit: int = 50) -> list[Turn]:
         rows = await self.store.reader.execute_fetchall(

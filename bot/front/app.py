@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import logging
 import pkgutil
 import signal
@@ -21,7 +22,6 @@ from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 
-import cogs
 from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
 from bot.core.repository import Agent
@@ -30,6 +30,8 @@ from bot.http.sidecar import start_sidecar
 from bot.services import Services
 
 log = logging.getLogger(__name__)
+
+COGS_PACKAGE = "cogs"  # every module in it that does not start with _ is a feature
 
 # What the bot does in a channel, and nothing more: answer, thread a conversation,
 # attach avatars, and speak as an agent through a channel webhook.
@@ -101,9 +103,11 @@ class AgentBot(commands.Bot):
         self._closing = False
 
     async def load_cogs(self) -> None:
-        for module in pkgutil.iter_modules(cogs.__path__):
+        # By name, as extensions: the client sits below the cogs and imports none of them.
+        package = importlib.import_module(COGS_PACKAGE)
+        for module in pkgutil.iter_modules(package.__path__):
             if not module.name.startswith("_"):
-                await self.load_extension(f"cogs.{module.name}")
+                await self.load_extension(f"{COGS_PACKAGE}.{module.name}")
 
     async def setup_hook(self) -> None:
         if self.services is None:

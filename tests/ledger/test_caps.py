@@ -168,7 +168,7 @@ async def test_verify_catches_a_tampered_member_counter(ledger: Ledger, db_path:
         conn.execute("UPDATE member_spending SET tokens_used = 700, tokens_held = 0")
     problems = [str(v) for v in await ledger.verify()]
     assert problems == [
-        "guild:1: member 5 tokens_used 700 != their charges in period 1 (800)",
+        "guild:1: member 5 tokens_used 700 != their charges this period (800)",
         "guild:1: member 5 tokens_held 0 != their pending holds (300)",
     ]
     with closing(sqlite3.connect(db_path)) as conn, conn:

@@ -355,7 +355,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 )
                 cap = self.cap_of(account_id, user, (ROLE,))
                 assert (None if spending.cap is None else spending.cap.tokens) == cap
+        # Incremental (from the previous step's clean run) and whole agree: both clean.
         assert self.run(self.ledger.verify()) == []
+        assert self.run(self.ledger.verify(full=True)) == []
 
 
 LedgerMachine.TestCase.settings = settings(
