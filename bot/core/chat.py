@@ -240,7 +240,7 @@ class ChatService:
         turns = await self.repo.recent_turns(conversation.id) if conversation else []
         history = trim_history(turns, settings.history_budget)
         depth = settings.retrieval_depth
-        use_documents = depth > 0 and await self.retriever.has_chunks(agent.id)
+        use_documents = depth > 0 and await self.retriever.has_chunks(agent.account_id, agent.id)
         cap = self.config.openai.max_completion_tokens
         chat_model = self.config.openai.chat_model
         if image is not None:
@@ -271,7 +271,9 @@ class ChatService:
                 query = await self.ai.embed([message])
                 embed_tokens = query.total_tokens
                 embedded.append(embed_tokens)
-                sources.extend(await self.retriever.top_k(agent.id, query.vectors[0], depth))
+                sources.extend(
+                    await self.retriever.top_k(agent.account_id, agent.id, query.vectors[0], depth)
+                )
             messages = build_messages(agent, sources, history, message, image)
             sent.append(messages)
             if on_text is None:
@@ -296,6 +298,7 @@ class ChatService:
         asked = message if image is None else f"{message}\n{image.note()}"
 
         async def store(conn: aiosqlite.Connection, reply: _Reply) -> None:
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             conversation_id = await self.repo.open_conversation_in(
                 conn, thread_key, agent.id, actor.account_id
             )

@@ -125,6 +125,9 @@ class FakeOpenAI:
         # arrived and when its successful answer is built (not yet sent), so that a test
         # can act at that very moment (the crash suite kills its child there).
         self.hook: Callable[[str, Recorded], None] | None = None
+        # Endpoints whose requests wait, once received, until their event is set.
+        self._gates: dict[str, asyncio.Event] = {}
+        self._arrival = asyncio.Event()
 
     # ---- what tests tell it -----------------------------------------------------------
 
@@ -136,6 +139,19 @@ class FakeOpenAI:
         """Fail the `number`-th request (1-based, counted from now on) of an endpoint."""
         assert endpoint in self._planned and kind in FAILURES, (endpoint, kind)
         self._numbered[(endpoint, self.count(endpoint) + number)] = kind
+
+    def gate(self, endpoint: str) -> asyncio.Event:
+        """Hold every request of `endpoint`, once received, until the returned event is
+        set; then it is answered as usual. Lets a test act while a call is in flight."""
+        assert endpoint in self._planned, endpoint
+        gate = self._gates[endpoint] = asyncio.Event()
+        return gate
+
+    async def received(self, endpoint: str, count: int = 1) -> None:
+        """Wait until `count` requests of `endpoint` have arrived, counted from the start."""
+        while self.count(endpoint) < count:
+            self._arrival.clear()
+            await self._arrival.wait()
 
     def cut_stream(self, after: int) -> None:
         """Abort the next streamed answer's connection after `after` content chunks."""
@@ -196,6 +212,7 @@ class FakeOpenAI:
         body = await request.json()
         record = Recorded(endpoint, body, at=time.monotonic())
         self.requests.append(record)
+        self._arrival.set()
         number = self.count(endpoint)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -204,6 +221,8 @@ class FakeOpenAI:
                 self.hook("received", record)
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if endpoint in self._gates:
+                await self._gates[endpoint].wait()
             failure = self._numbered.pop((endpoint, number), None)
             if failure is None and self._planned[endpoint]:
                 failure = self._planned[endpoint].popleft()

@@ -174,6 +174,7 @@ class DocumentService:
 
         async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             rows = [
                 (c.index, c.page, c.text, to_blob(v)) for c, v in zip(chunks, vectors, strict=True)
             ]
