@@ -23,23 +23,32 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ledger import queries
+from ledger import members, queries
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
+from ledger.alerts import alerts_in
 from ledger.archive import archive_batch
 from ledger.clock import Clock, SystemClock, from_text, to_text
-from ledger.errors import HoldNotFound, InsufficientTokens, UnknownPlan
+from ledger.errors import (
+    HoldNotFound,
+    InsufficientTokens,
+    InvalidAccount,
+    MemberCapReached,
+    UnknownPlan,
+)
+from ledger.members import Cap, MemberSpending
 from ledger.periods import add_months, period_containing
 from ledger.records import (
     Adjustment,
     Balance,
+    BalanceAlert,
     CompactReport,
     Hold,
     Resolution,
@@ -225,17 +234,24 @@ class Ledger:
         user_id: str | int | None = None,
         guild_id: str | int | None = None,
         model: str | None = None,
+        *,
+        roles: Sequence[str | int] = (),
+        agent: str | None = None,
     ) -> Hold:
-        """Set `amount` aside, or raise InsufficientTokens and change nothing else."""
+        """Set `amount` aside, or raise InsufficientTokens (the pool) or MemberCapReached
+        (the member's cap; `roles` are theirs, highest first) and change nothing else."""
         check_account_id(account_id)
         check_amount(amount)
         user = None if user_id is None else str(user_id)
         guild = None if guild_id is None else str(guild_id)
+        role_ids = [str(r) for r in roles]
         hold_id = uuid.uuid4().hex
 
         async def op(conn: aiosqlite.Connection) -> Hold:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
+            if user is not None:
+                await self._hold_member(conn, row, user, role_ids, amount)
             updated = await conn.execute_fetchall(
                 "UPDATE usage_limits SET tokens_held = tokens_held + :amount, updated_at = :now"
                 " WHERE account_id = :account"
@@ -244,6 +260,8 @@ class Ledger:
                 {"amount": amount, "now": to_text(now), "account": account_id},
             )
             if not updated:
+                if user is not None:
+                    await members.unhold_in(conn, account_id, user, amount)
                 raise InsufficientTokens(
                     amount,
                     available(
@@ -256,8 +274,8 @@ class Ledger:
                 )
             await conn.execute(
                 "INSERT INTO holds (hold_id, account_id, user_id, guild_id, operation_type,"
-                " model_used, amount, instance_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model_used, amount, instance_id, created_at, expires_at, agent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     hold_id,
                     account_id,
@@ -269,6 +287,7 @@ class Ledger:
                     self.instance_id,
                     to_text(now),
                     to_text(now + self.hold_ttl),
+                    agent,
                 ),
             )
             after = updated[0]
@@ -277,6 +296,27 @@ class Ledger:
             )
 
         return await self.store.write(op)
+
+    async def _hold_member(
+        self,
+        conn: aiosqlite.Connection,
+        row: dict[str, Any],
+        user: str,
+        roles: list[str],
+        amount: int,
+    ) -> None:
+        account_id = row["account_id"]
+        cap = await members.cap_for(conn, account_id, user, roles)
+        seq = row["period_seq"]
+        if await members.hold_in(
+            conn, account_id, user, seq, amount, None if cap is None else cap.tokens
+        ):
+            return
+        assert cap is not None  # without a cap the hold is always admitted
+        used, held = await members.spending_row(conn, account_id, user, seq)
+        raise MemberCapReached(
+            amount, used + held, cap.tokens, cap.scope, cap.subject_id, from_text(row["period_end"])
+        )
 
     async def commit(self, hold: Hold | str, actual: int, details: str | None = None) -> Resolution:
         """Charge `actual` for a pending hold (in full, even above the hold) and free the rest."""
@@ -311,7 +351,7 @@ class Ledger:
         claimed = await conn.execute_fetchall(
             "UPDATE holds SET status = ?, charged = ?, resolved_at = ?, reason = ?"
             " WHERE hold_id = ? AND status = 'pending'"
-            " RETURNING account_id, user_id, guild_id, operation_type, model_used, amount",
+            " RETURNING account_id, user_id, guild_id, operation_type, model_used, amount, agent",
             (status, actual, to_text(now), details, hold_id),
         )
         if not claimed:
@@ -334,7 +374,7 @@ class Ledger:
         await conn.execute(
             "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
             " model_used, tokens_used, bonus_delta, status, hold_id, period_seq, details,"
-            " created_at, hold_amount) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, agent, hold_amount) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 account_id,
                 hold["user_id"],
@@ -348,9 +388,24 @@ class Ledger:
                 row["period_seq"],
                 _excess_note(details, excess),
                 to_text(now),
+                hold["agent"],
                 hold["amount"],
             ),
         )
+        if hold["user_id"] is not None:
+            await members.settle_in(
+                conn,
+                account_id,
+                hold["user_id"],
+                row["period_seq"],
+                hold["amount"],
+                actual if status == "committed" else 0,
+            )
+        alerts: tuple[BalanceAlert, ...] = ()
+        if actual:
+            alerts = await alerts_in(
+                conn, {**row, "tokens_used": used, "bonus_tokens": bonus}, self.instance_id, now
+            )
         if excess:
             log.warning("hold %s on %s was exceeded by %d tokens", hold_id, account_id, excess)
         return Resolution(
@@ -361,6 +416,7 @@ class Ledger:
             excess,
             available(row["tokens_limit"], used, held, bonus),
             True,
+            alerts,
         )
 
     async def _earlier_resolution(
@@ -558,6 +614,107 @@ class Ledger:
             conn, account_id, "plan", None, old_plan, target.name, actor, reason, now
         )
         return queries.balance_from_row(row, now)
+
+    # ---- caps on members' spending (ledger/members.py) ---------------------------------
+
+    async def set_cap(
+        self,
+        account_id: str,
+        scope: str,
+        subject_id: str | int,
+        tokens: int,
+        *,
+        actor: str,
+        reason: str,
+        maximum: int | None = None,
+    ) -> int | None:
+        """Set a monthly cap on members' spending from a server's pool (`scope` member,
+        role or default); journaled. Returns the cap it replaced, if any."""
+        cap = self._cap(account_id, scope, subject_id, tokens, maximum)
+
+        async def op(conn: aiosqlite.Connection) -> int | None:
+            now = self.clock.now()
+            await self._account(conn, account_id, now)
+            old = await members.set_cap_in(conn, account_id, cap, to_text(now))
+            await self._journal(
+                conn,
+                account_id,
+                _cap_action(cap.scope, cap.subject_id),
+                tokens,
+                None if old is None else str(old),
+                str(tokens),
+                actor,
+                reason,
+                now,
+            )
+            return old
+
+        return await self.store.write(op)
+
+    async def clear_cap(
+        self, account_id: str, scope: str, subject_id: str | int, *, actor: str, reason: str
+    ) -> int | None:
+        """Remove a cap (journaled when there was one); returns it, or None."""
+        cap = self._cap(account_id, scope, subject_id, 0, None)
+
+        async def op(conn: aiosqlite.Connection) -> int | None:
+            now = self.clock.now()
+            await self._account(conn, account_id, now)
+            old = await members.clear_cap_in(conn, account_id, cap.scope, cap.subject_id)
+            if old is not None:
+                await self._journal(
+                    conn,
+                    account_id,
+                    _cap_action(cap.scope, cap.subject_id),
+                    None,
+                    str(old),
+                    None,
+                    actor,
+                    reason,
+                    now,
+                )
+            return old
+
+        return await self.store.write(op)
+
+    def _cap(
+        self, account_id: str, scope: str, subject_id: str | int, tokens: int, maximum: int | None
+    ) -> Cap:
+        check_account_id(account_id)
+        check_amount(tokens, allow_zero=True, maximum=maximum)
+        if not members.capped(account_id):
+            raise InvalidAccount(f"caps apply to server accounts, not {account_id}")
+        if scope not in members.SCOPES:
+            raise ValueError(f"unknown cap scope {scope!r}")
+        subject = "" if scope == "default" else str(subject_id)
+        if scope != "default" and not subject.isdigit():
+            raise ValueError(f"a {scope} cap needs a numeric id, not {subject_id!r}")
+        return Cap(scope, subject, tokens)
+
+    async def caps(self, account_id: str) -> list[Cap]:
+        check_account_id(account_id)
+        return await members.all_caps(self.store.reader, account_id)
+
+    async def member_spending(
+        self, account_id: str, user_id: str | int, roles: Sequence[str | int] = ()
+    ) -> MemberSpending:
+        """One member's use of the pool this period, and the cap that applies to them."""
+        check_account_id(account_id)
+        return await queries.member_spending(
+            self.store.reader, account_id, str(user_id), [str(r) for r in roles], self.clock.now()
+        )
+
+    async def note_refusal(self, account_id: str) -> tuple[BalanceAlert, ...]:
+        """A reserve on `account_id` was refused for lack of tokens: raise the 0% alert if
+        the pool is under 20% and this is the first time this period."""
+        check_account_id(account_id)
+
+        async def op(conn: aiosqlite.Connection) -> tuple[BalanceAlert, ...]:
+            now = self.clock.now()
+            row = await self._account(conn, account_id, now)
+            return await alerts_in(conn, row, self.instance_id, now, refused=True)
+
+        return await self.store.write(op)
 
     # ---- processes: leases and the sweeper ---------------------------------------------
 
@@ -818,6 +975,10 @@ def _process_alive(pid: int) -> bool:
 
 def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
     return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def _cap_action(scope: str, subject_id: str) -> str:
+    return f"cap_{scope}" + (f":{subject_id}" if subject_id else "")
 
 
 def _hold_id(hold: Hold | str) -> str:

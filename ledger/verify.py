@@ -18,6 +18,9 @@ WAL (a reader's snapshot keeps every page written after it alive):
   the walk's end and its pending holds in one snapshot, so the comparison is exact;
 - the holds in rowid ranges, each hold with its audit row in one snapshot.
 
+Members' spending counters (ledger/members.py) are checked in both modes against their
+account's current period and pending holds, a page of accounts per read.
+
 Archived holds (ledger/archive.py): a resolved hold older than its time to live may be
 deleted once its audit row is at or below `holds_archived_through`; that audit row is
 then the record of the hold (its id, status, charge and the amount held). The invariant
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
+from ledger import members
 from ledger.records import Violation
 
 PAGE = 50_000  # audit rows per read transaction
@@ -94,6 +98,7 @@ async def run(
     holds_from, hold_breaches = await _holds(conn, base.holds_from if base else 0, progress)
     found += hold_breaches
     found += await _lost_holds(conn, start, end)
+    found += [Violation(a, message) for a, message in await members.verify_in(conn)]
     return Outcome(found, base, Checkpoint(end, holds_from), accounts)
 
 
