@@ -18,6 +18,7 @@ async def open_ledger(config: Config, kind: str, *, clock: Clock | None = None) 
         hold_ttl_seconds=config.limits.hold_ttl_seconds,
         lease_seconds=config.limits.hold_lease_seconds,
         kind=kind,
+        secure_delete=config.storage.secure_delete,
     )
     try:
         await billing_store.migrate(ledger.store)
