@@ -268,8 +268,9 @@ class FakeOpenAI:
             for piece in _PIECE.findall(text):
                 if fault is not None and record.chunks_sent >= fault[1]:
                     break
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                # Always yield: a real server's chunks come over time, and writing a whole
+                # answer in one step would stall the loop this fake shares with the bot.
+                await asyncio.sleep(self.chunk_delay)
                 await event(delta({"content": piece}))
                 record.chunks_sent += 1
                 record.streamed += piece
