@@ -30,16 +30,21 @@ from bot.config import Config
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
 from bot.core.avatars.images import normalize_chat_image
-from bot.core.documents.chunking import estimate_tokens
+from bot.core.documents.chunking import DEFAULT_TARGET_TOKENS
 from bot.core.documents.retrieval import Hit, Retriever
 from bot.core.metering import Actor, Meter, Salvaged
 from bot.core.repository import Agent, Repository, Turn
+from bot.core.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, count_tokens
 from bot.errors import BotError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
 MESSAGE_MAX = 4000
-PER_MESSAGE_OVERHEAD = 4  # the chat format's own tokens around each message
+# Room held for one excerpt: a chunk (at most DEFAULT_TARGET_TOKENS of the embedding
+# model's tokens; the chat model's encoding of the same text is close, o200k_base usually
+# fewer) plus its "[document, page]" line. Doubled: the hold must never be below the cost.
+EXCERPT_ROOM = 2 * DEFAULT_TARGET_TOKENS + 40
+EXCERPTS_INTRO = 60  # the sentence that introduces the excerpts (about 25 tokens)
 HISTORY_SHOWN = 10  # turns /chat-history shows
 
 
@@ -135,15 +140,18 @@ def _text_of(content: Any) -> str:
     return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
-def estimate_prompt(messages: list[dict[str, Any]]) -> int:
-    return sum(estimate_tokens(_text_of(m["content"])) + PER_MESSAGE_OVERHEAD for m in messages)
+def estimate_prompt(messages: list[dict[str, Any]], model: str) -> int:
+    """The prompt's tokens by the model's tokenizer, never below what the API reports (an
+    image part is held separately)."""
+    return REPLY_PRIMING + sum(
+        count_tokens(_text_of(m["content"]), model) + MESSAGE_OVERHEAD for m in messages
+    )
 
 
 def count_delivered(text: str, model: str) -> int:
     """The tokens of text the model produced, as its tokenizer counts them: what a
-    broken stream charges for the part that arrived. (One place, so the tokenizer can
-    replace the estimate here alone.)"""
-    return estimate_tokens(text)
+    broken stream charges for the part that arrived."""
+    return count_tokens(text, model)
 
 
 class ChatService:
@@ -232,19 +240,22 @@ class ChatService:
         turns = await self.repo.recent_turns(conversation.id) if conversation else []
         history = trim_history(turns, settings.history_budget)
         depth = settings.retrieval_depth
-        use_documents = depth > 0 and await self.retriever.has_chunks(agent.id)
+        use_documents = depth > 0 and await self.retriever.has_chunks(agent.account_id, agent.id)
         cap = self.config.openai.max_completion_tokens
-        # The excerpts are not known before the call: hold room for `depth` full chunks.
-        draft = build_messages(agent, [], history, message)
-        excerpt_room = depth * 330 if use_documents else 0
-        embed_estimate = estimate_tokens(message) + PER_MESSAGE_OVERHEAD if use_documents else 0
-        image_room = settings.image_hold_tokens if image is not None else 0
-        estimate = estimate_prompt(draft) + excerpt_room + image_room + cap + embed_estimate
-        sources: list[Hit] = []
         chat_model = self.config.openai.chat_model
         if image is not None:
             chat_model = self.config.openai.vision_model or chat_model
         embed_model = self.config.openai.embedding_model
+        # The excerpts are not known before the call: hold room for `depth` full chunks.
+        draft = build_messages(agent, [], history, message)
+        excerpt_room = EXCERPTS_INTRO + depth * EXCERPT_ROOM if use_documents else 0
+        embed_estimate = count_tokens(message, embed_model) if use_documents else 0
+        image_room = settings.image_hold_tokens if image is not None else 0
+        prompt_room = estimate_prompt(draft, chat_model) + excerpt_room + image_room
+        estimate = self.meter.weighted(chat_model, prompt_room + cap) + self.meter.weighted(
+            embed_model, embed_estimate
+        )
+        sources: list[Hit] = []
         received: list[str] = []  # what the stream delivered so far
         sent: list[list[dict[str, Any]]] = []  # the messages, once built
         embedded: list[int] = []
@@ -260,7 +271,9 @@ class ChatService:
                 query = await self.ai.embed([message])
                 embed_tokens = query.total_tokens
                 embedded.append(embed_tokens)
-                sources.extend(await self.retriever.top_k(agent.id, query.vectors[0], depth))
+                sources.extend(
+                    await self.retriever.top_k(agent.account_id, agent.id, query.vectors[0], depth)
+                )
             messages = build_messages(agent, sources, history, message, image)
             sent.append(messages)
             if on_text is None:
@@ -273,7 +286,7 @@ class ChatService:
             text = "".join(received)
             if not text or not sent:
                 return None  # nothing delivered: nothing charged
-            prompt = estimate_prompt(sent[0]) + image_room
+            prompt = estimate_prompt(sent[0], chat_model) + image_room
             chat_tokens = prompt + count_delivered(text, chat_model)
             return _Reply(text, chat_tokens, sum(embedded))
 
@@ -285,6 +298,7 @@ class ChatService:
         asked = message if image is None else f"{message}\n{image.note()}"
 
         async def store(conn: aiosqlite.Connection, reply: _Reply) -> None:
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             conversation_id = await self.repo.open_conversation_in(
                 conn, thread_key, agent.id, actor.account_id
             )
@@ -292,9 +306,11 @@ class ChatService:
                 conn,
                 conversation_id,
                 [
-                    Turn("user", asked, estimate_tokens(asked) + PER_MESSAGE_OVERHEAD),
+                    Turn("user", asked, count_tokens(asked, chat_model) + MESSAGE_OVERHEAD),
                     Turn(
-                        "assistant", reply.text, estimate_tokens(reply.text) + PER_MESSAGE_OVERHEAD
+                        "assistant",
+                        reply.text,
+                        count_tokens(reply.text, chat_model) + MESSAGE_OVERHEAD,
                     ),
                 ],
             )

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import aiosqlite
 
+from bot.errors import NotFound
 from ledger.store import Store, split_statements
 
 APP_MIGRATIONS: list[str] = [
@@ -81,7 +82,100 @@ APP_MIGRATIONS: list[str] = [
         retired_at  TEXT NOT NULL
     );
     """,
+    # 3: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
+    # 4: ids are never reused (AUTOINCREMENT): a row deleted while work for it is in
+    # flight must never be mistaken for a new one that took its id (issue 10, finding 3).
+    # Each agent gets documents_version, bumped in the transaction of every change to its
+    # documents: the retrieval cache's key. SQLite adds AUTOINCREMENT only by rebuilding
+    # a table. The new tables are built beside the old ones, filled with the same ids, and
+    # the old ones dropped children first, so no ON DELETE CASCADE fires on live rows;
+    # renaming a table rewrites the references to it in the others.
+    """
+    CREATE TABLE agents_v2 (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id    TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        name_key      TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        creator_id    TEXT NOT NULL,
+        avatar_path   TEXT,
+        avatar_source TEXT CHECK (avatar_source IN ('generated', 'uploaded')),
+        avatar_version INTEGER NOT NULL DEFAULT 0,
+        documents_version INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        UNIQUE (account_id, name_key)
+    );
+    CREATE TABLE documents_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id    INTEGER NOT NULL REFERENCES agents_v2(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        pages       INTEGER NOT NULL,
+        chunks      INTEGER NOT NULL,
+        tokens      INTEGER NOT NULL,
+        uploader_id TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE chunks_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        document_id INTEGER NOT NULL REFERENCES documents_v2(id) ON DELETE CASCADE,
+        agent_id    INTEGER NOT NULL,
+        idx         INTEGER NOT NULL,
+        page        INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        embedding   BLOB NOT NULL
+    );
+    CREATE TABLE conversations_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        thread_key  TEXT NOT NULL UNIQUE,
+        agent_id    INTEGER NOT NULL REFERENCES agents_v2(id) ON DELETE CASCADE,
+        account_id  TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE turns_v2 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id INTEGER NOT NULL REFERENCES conversations_v2(id) ON DELETE CASCADE,
+        role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content         TEXT NOT NULL,
+        tokens          INTEGER NOT NULL,
+        created_at      TEXT NOT NULL
+    );
+    INSERT INTO agents_v2 (id, account_id, name, name_key, prompt, creator_id, avatar_path,
+        avatar_source, avatar_version, created_at, updated_at)
+        SELECT id, account_id, name, name_key, prompt, creator_id, avatar_path, avatar_source,
+        avatar_version, created_at, updated_at FROM agents;
+    INSERT INTO documents_v2 SELECT id, agent_id, name, kind, pages, chunks, tokens,
+        uploader_id, created_at FROM documents;
+    INSERT INTO chunks_v2 SELECT id, document_id, agent_id, idx, page, text, embedding
+        FROM chunks;
+    INSERT INTO conversations_v2 SELECT id, thread_key, agent_id, account_id, created_at
+        FROM conversations;
+    INSERT INTO turns_v2 SELECT id, conversation_id, role, content, tokens, created_at
+        FROM turns;
+    DROP TABLE turns;
+    DROP TABLE chunks;
+    DROP TABLE documents;
+    DROP TABLE conversations;
+    DROP TABLE agents;
+    ALTER TABLE agents_v2 RENAME TO agents;
+    ALTER TABLE documents_v2 RENAME TO documents;
+    ALTER TABLE chunks_v2 RENAME TO chunks;
+    ALTER TABLE conversations_v2 RENAME TO conversations;
+    ALTER TABLE turns_v2 RENAME TO turns;
+    CREATE INDEX documents_agent ON documents(agent_id);
+    CREATE INDEX chunks_agent ON chunks(agent_id);
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX turns_conversation ON turns(conversation_id, id);
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
 ]
+
+
+CHUNK_DELETE_BATCH = 500  # chunks per transaction when a document or an agent goes
 
 
 def _now() -> str:
@@ -163,6 +257,17 @@ class Repository:
         )
         return _agent(rows[0])
 
+    async def require_agent_in(
+        self, conn: aiosqlite.Connection, account_id: str, agent_id: int
+    ) -> None:
+        """Inside a commit's transaction: the agent still exists in this account, or
+        AgentGone, so nothing is stored into (or charged for) an agent deleted meanwhile."""
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM agents WHERE id = ? AND account_id = ?", (agent_id, account_id)
+        )
+        if not rows:
+            raise AgentGone(agent_id)
+
     async def agent(self, account_id: str, name: str) -> Agent | None:
         rows = await self.store.reader.execute_fetchall(
             "SELECT * FROM agents WHERE account_id = ? AND name_key = ?",
@@ -204,6 +309,7 @@ class Repository:
             )
             await conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
 
+        await self._delete_chunks("agent_id = ?", (agent_id,), agent_id)
         await self.store.write(op)
 
     async def agent_losses(self, agent_id: int) -> tuple[int, int, int]:
@@ -259,6 +365,7 @@ class Repository:
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(document_id, agent_id, i, page, text, vector) for i, page, text, vector in chunks],
         )
+        await _bump_documents_version(conn, agent_id)
         return document_id
 
     async def documents(self, agent_id: int) -> list[Document]:
@@ -267,12 +374,39 @@ class Repository:
         )
         return [Document(**dict(r)) for r in rows]
 
+    async def _delete_chunks(self, where: str, params: tuple[int, ...], agent_id: int) -> None:
+        """Delete chunks a batch per transaction, so paid calls (which wait for the
+        writer) wait for one batch, not for 20,000 chunks. The owner's row goes last: a
+        process killed midway leaves chunks that still belong to their document, never
+        orphans, and deleting again finishes the work."""
+        while True:
+
+            async def op(conn: aiosqlite.Connection) -> int:
+                await conn.execute(
+                    f"DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE {where}"
+                    f" LIMIT {CHUNK_DELETE_BATCH})",
+                    params,
+                )
+                deleted = int((await conn.execute_fetchall("SELECT changes()"))[0][0])
+                if deleted:
+                    await _bump_documents_version(conn, agent_id)
+                return deleted
+
+            if await self.store.write(op) < CHUNK_DELETE_BATCH:
+                return
+
     async def delete_document(self, agent_id: int, document_id: int) -> None:
-        await self.store.write(
-            lambda conn: conn.execute(
+        await self._delete_chunks(
+            "document_id = ? AND agent_id = ?", (document_id, agent_id), agent_id
+        )
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
                 "DELETE FROM documents WHERE id = ? AND agent_id = ?", (document_id, agent_id)
             )
-        )
+            await _bump_documents_version(conn, agent_id)
+
+        await self.store.write(op)
 
     async def chunk_count(self, account_id: str) -> int:
         rows = await self.store.reader.execute_fetchall(
@@ -282,28 +416,37 @@ class Repository:
         )
         return int(rows[0][0])
 
-    async def documents_version(self, agent_id: int) -> tuple[int, int]:
-        """Changes whenever the agent's documents do: the retrieval cache's key."""
+    async def documents_version(self, account_id: str, agent_id: int) -> DocumentsVersion | None:
+        """The retrieval cache's key: bumped in the transaction of every change to the
+        agent's documents. None when the account has no such agent (deleted, or never
+        its own), which every process sees at its next read."""
         rows = await self.store.reader.execute_fetchall(
-            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM documents WHERE agent_id = ?", (agent_id,)
+            "SELECT a.documents_version, EXISTS (SELECT 1 FROM chunks c WHERE c.agent_id = a.id)"
+            " FROM agents a WHERE a.id = ? AND a.account_id = ?",
+            (agent_id, account_id),
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return DocumentsVersion(int(rows[0][0]), bool(rows[0][1])) if rows else None
 
-    async def chunk_vectors(self, agent_id: int) -> list[tuple[int, bytes]]:
+    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes]]:
         rows = await self.store.reader.execute_fetchall(
-            "SELECT id, embedding FROM chunks WHERE agent_id = ? ORDER BY id", (agent_id,)
+            "SELECT c.id, c.embedding FROM chunks c JOIN agents a ON a.id = c.agent_id"
+            " WHERE c.agent_id = ? AND a.account_id = ? ORDER BY c.id",
+            (agent_id, account_id),
         )
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
-    async def chunk_texts(self, chunk_ids: list[int]) -> dict[int, tuple[str, int, str]]:
-        """id -> (text, page, document name)."""
+    async def chunk_texts(
+        self, account_id: str, agent_id: int, chunk_ids: list[int]
+    ) -> dict[int, tuple[str, int, str]]:
+        """id -> (text, page, document name), of this agent's chunks only."""
         if not chunk_ids:
             return {}
         marks = ", ".join("?" * len(chunk_ids))
         rows = await self.store.reader.execute_fetchall(
-            f"SELECT c.id, c.text, c.page, d.name FROM chunks c JOIN documents d"
-            f" ON d.id = c.document_id WHERE c.id IN ({marks})",
-            chunk_ids,
+            "SELECT c.id, c.text, c.page, d.name FROM chunks c"
+            " JOIN documents d ON d.id = c.document_id JOIN agents a ON a.id = d.agent_id"
+            f" WHERE c.agent_id = ? AND a.account_id = ? AND c.id IN ({marks})",
+            (agent_id, account_id, *chunk_ids),
         )
         return {int(r[0]): (r[1], int(r[2]), r[3]) for r in rows}
 
@@ -370,6 +513,29 @@ class Repository:
             " VALUES (?, ?, ?, ?, ?)",
             [(conversation_id, t.role, t.content, t.tokens, now) for t in turns],
         )
+
+
+@dataclass(frozen=True)
+class DocumentsVersion:
+    version: int
+    has_chunks: bool
+
+
+class AgentGone(NotFound):
+    """The agent was deleted while work for it was in flight: nothing is stored or charged."""
+
+    def __init__(self, agent_id: int) -> None:
+        super().__init__(
+            "That agent was deleted while this was running, so nothing was stored and "
+            "nothing was charged."
+        )
+        self.agent_id = agent_id
+
+
+async def _bump_documents_version(conn: aiosqlite.Connection, agent_id: int) -> None:
+    await conn.execute(
+        "UPDATE agents SET documents_version = documents_version + 1 WHERE id = ?", (agent_id,)
+    )
 
 
 @dataclass(frozen=True)

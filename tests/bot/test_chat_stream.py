@@ -49,7 +49,7 @@ async def _charges(services: Services) -> list[Any]:
 
 def _partial_cost(services: Services, nova: Any, message: str, delivered: str) -> int:
     model = services.config.openai.chat_model
-    prompt = estimate_prompt(build_messages(nova, [], [], message))
+    prompt = estimate_prompt(build_messages(nova, [], [], message), model)
     return math.ceil((prompt + count_delivered(delivered, model)) * 1.0)
 
 

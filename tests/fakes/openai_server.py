@@ -1,8 +1,9 @@
 """A fake OpenAI server on 127.0.0.1 that speaks the real HTTP API (images, chat,
 embeddings), so the real `openai` client is exercised end to end.
 
-It reports deterministic usage figures, counts and records every request, and can be
-told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
+It reports usage figures counted with the real tokenizers (bot.core.tokens, the same
+encodings OpenAI bills with), so a hold too small for the real cost shows in the tests;
+it counts and records every request, and can be told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
 to fail at random with a seed. A chat request with `stream: true` is answered with
 server-sent events, one word a chunk (`chunk_delay` apart), ending with a usage chunk
 when `stream_options.include_usage` is set; `cut_stream` and `stall_stream` break the
@@ -23,7 +24,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import random
 import re
 import time
@@ -36,6 +36,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 from PIL import Image, ImageDraw
+
+from bot.core.tokens import REPLY_PRIMING, count_tokens, truncate_tokens
 
 ENDPOINTS = {
     "/v1/images/generations": "images",
@@ -56,9 +58,9 @@ _PIECE = re.compile(r"\S+\s*|\s+")
 IMAGE_TOKENS = 85  # what the fake charges per image part of a chat message
 
 
-def fake_tokens(text: str) -> int:
-    """The fake's token count: about one per five characters (below the bot's estimate)."""
-    return math.ceil(len(text) / 5) + 1
+def real_tokens(text: str, model: str) -> int:
+    """What the real API counts for `text` as input to `model`."""
+    return count_tokens(text, model)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -123,6 +125,9 @@ class FakeOpenAI:
         # arrived and when its successful answer is built (not yet sent), so that a test
         # can act at that very moment (the crash suite kills its child there).
         self.hook: Callable[[str, Recorded], None] | None = None
+        # Endpoints whose requests wait, once received, until their event is set.
+        self._gates: dict[str, asyncio.Event] = {}
+        self._arrival = asyncio.Event()
 
     # ---- what tests tell it -----------------------------------------------------------
 
@@ -134,6 +139,19 @@ class FakeOpenAI:
         """Fail the `number`-th request (1-based, counted from now on) of an endpoint."""
         assert endpoint in self._planned and kind in FAILURES, (endpoint, kind)
         self._numbered[(endpoint, self.count(endpoint) + number)] = kind
+
+    def gate(self, endpoint: str) -> asyncio.Event:
+        """Hold every request of `endpoint`, once received, until the returned event is
+        set; then it is answered as usual. Lets a test act while a call is in flight."""
+        assert endpoint in self._planned, endpoint
+        gate = self._gates[endpoint] = asyncio.Event()
+        return gate
+
+    async def received(self, endpoint: str, count: int = 1) -> None:
+        """Wait until `count` requests of `endpoint` have arrived, counted from the start."""
+        while self.count(endpoint) < count:
+            self._arrival.clear()
+            await self._arrival.wait()
 
     def cut_stream(self, after: int) -> None:
         """Abort the next streamed answer's connection after `after` content chunks."""
@@ -194,6 +212,7 @@ class FakeOpenAI:
         body = await request.json()
         record = Recorded(endpoint, body, at=time.monotonic())
         self.requests.append(record)
+        self._arrival.set()
         number = self.count(endpoint)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -202,6 +221,8 @@ class FakeOpenAI:
                 self.hook("received", record)
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if endpoint in self._gates:
+                await self._gates[endpoint].wait()
             failure = self._numbered.pop((endpoint, number), None)
             if failure is None and self._planned[endpoint]:
                 failure = self._planned[endpoint].popleft()
@@ -293,7 +314,7 @@ class FakeOpenAI:
         return response
 
     def _images(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
-        prompt_tokens = fake_tokens(str(body.get("prompt", "")))
+        prompt_tokens = real_tokens(str(body.get("prompt", "")), str(body.get("model", "")))
         usage = {
             "input_tokens": prompt_tokens,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
@@ -312,9 +333,14 @@ class FakeOpenAI:
         messages = body.get("messages", [])
         answer = self.chat_answer(messages) if callable(self.chat_answer) else self.chat_answer
         cap = int(body.get("max_completion_tokens") or 4096)
-        answer = answer[: max(1, (cap - 1) * 5)]
-        prompt = sum(_content_tokens(m.get("content", "")) + 3 for m in messages)
-        completion = min(cap, fake_tokens(answer))
+        model = str(body.get("model", ""))
+        # The real API stops at the cap; its format costs 3 tokens a message and 3 more
+        # priming the reply (OpenAI's published figures).
+        answer = truncate_tokens(answer, cap, model)
+        prompt = (
+            sum(_content_tokens(m.get("content", ""), model) + 3 for m in messages) + REPLY_PRIMING
+        )
+        completion = real_tokens(answer, model)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -351,7 +377,7 @@ class FakeOpenAI:
                 else vector.tolist()
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        tokens = sum(fake_tokens(str(t)) for t in inputs)
+        tokens = sum(real_tokens(str(t), str(body.get("model", ""))) for t in inputs)
         record.usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {
             "object": "list",
@@ -361,12 +387,14 @@ class FakeOpenAI:
         }
 
 
-def _content_tokens(content: Any) -> int:
+def _content_tokens(content: Any, model: str) -> int:
     """A message's content is text, or a list of text and image parts (vision)."""
     if not isinstance(content, list):
-        return fake_tokens(str(content))
+        return real_tokens(str(content), model)
     return sum(
-        IMAGE_TOKENS if part.get("type") == "image_url" else fake_tokens(str(part.get("text", "")))
+        IMAGE_TOKENS
+        if part.get("type") == "image_url"
+        else real_tokens(str(part.get("text", "")), model)
         for part in content
     )
 
