@@ -238,8 +238,8 @@ async def test_deleting_the_thread_mid_answer_charges_what_was_generated_once(
     delivered = turns[-1].content
     assert delivered and fake_openai.requests[-1].streamed.startswith(delivered)
     agent = await services.repo.agent(ACCOUNT, "Nova")
-    prompt = estimate_prompt(build_messages(agent, [], turns[:-2], "What is a quasar?"))
     model = services.config.openai.chat_model
+    prompt = estimate_prompt(build_messages(agent, [], turns[:-2], "What is a quasar?"), model)
     assert rows[-1][0] == prompt + count_delivered(delivered, model)
     balance = await services.ledger.balance(ACCOUNT)
     assert balance.tokens_held == 0 and await services.ledger.verify() == []

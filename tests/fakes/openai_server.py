@@ -303,8 +303,8 @@ class FakeOpenAI:
             record.failed = f"stream {fault[0]} after {fault[1]}"
             if fault[0] == "stall":
                 await self._release.wait()
-            assert request.transport is not None
-            request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
+            if request.transport is not None:  # (a stalled client may have gone already)
+                request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
             return response
         await event(delta({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and not self.omit_stream_usage:
