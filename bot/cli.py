@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=50)
     actions.add_parser("export", help="the whole audit log as CSV on standard output")
     actions.add_parser("sweep", help="release holds of stopped processes")
+    actions.add_parser(
+        "compact", help="archive old resolved holds and give free space back, online"
+    )
     verify = actions.add_parser(
         "verify",
         help="check every ledger invariant (what changed since the last clean run);"
@@ -231,6 +234,15 @@ async def _ledger_action(
                 print(
                     f"released {report.orphaned} holds of stopped processes and "
                     f"{report.expired} expired holds ({report.tokens_freed} tokens)"
+                )
+            case "compact":
+                report = await ledger.compact()
+                if report.converted:
+                    print("switched the file to incremental vacuum (one full VACUUM, once)")
+                print(
+                    f"archived {report.archived_holds} resolved holds; gave back"
+                    f" {report.bytes_freed / 2**20:.1f} MiB; WAL "
+                    + ("emptied" if report.wal_emptied else "in use by a reader, left as is")
                 )
             case "verify":
                 with Progress("verify", "") as progress:

@@ -112,6 +112,8 @@ class OpenAISettings(_Section):
 class StorageSettings(_Section):
     database: str = "data/bot.db"
     data_dir: str = "data"
+    # Zero deleted pages on disk (and write them to the WAL): costly, off by default.
+    secure_delete: bool = False
 
 
 class WebhooksSettings(_Section):

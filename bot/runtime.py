@@ -16,4 +16,5 @@ async def open_ledger(config: Config, kind: str, *, clock: Clock | None = None) 
         hold_ttl_seconds=config.limits.hold_ttl_seconds,
         lease_seconds=config.limits.hold_lease_seconds,
         kind=kind,
+        secure_delete=config.storage.secure_delete,
     )
