@@ -393,6 +393,18 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return max(version, len(MIGRATIONS))
 
 
+async def apply_migrations(conn: Any, table: str, migrations: list[str]) -> None:
+    """Apply the migrations of a part of the application (its own numbered list, tracked
+    in `table`) inside the caller's write transaction; the ledger's own use user_version."""
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+    rows = await conn.execute_fetchall(f"SELECT MAX(version) FROM {table}")
+    version = rows[0][0] or 0
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        for statement in split_statements(script):
+            await conn.execute(statement)
+        await conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (number,))
+
+
 def split_statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3.complete_statement knows triggers)."""
     statements: list[str] = []

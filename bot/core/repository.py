@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import aiosqlite
 
 from bot.errors import NotFound
-from ledger.store import Store, split_statements
+from ledger.store import Store, apply_migrations
 
 APP_MIGRATIONS: list[str] = [
     # 1: agents with their avatar; documents, chunks and conversations for chat.
@@ -218,16 +218,7 @@ class Repository:
         self.store = store
 
     async def migrate(self) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("CREATE TABLE IF NOT EXISTS app_schema (version INTEGER NOT NULL)")
-            rows = await conn.execute_fetchall("SELECT MAX(version) FROM app_schema")
-            version = rows[0][0] or 0
-            for number, script in enumerate(APP_MIGRATIONS[version:], start=version + 1):
-                for statement in split_statements(script):
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO app_schema (version) VALUES (?)", (number,))
-
-        await self.store.write(op)
+        await self.store.write(lambda conn: apply_migrations(conn, "app_schema", APP_MIGRATIONS))
 
     # ---- agents ---------------------------------------------------------------------
 
