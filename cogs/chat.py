@@ -11,18 +11,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.chat import MESSAGE_MAX, ChatAnswer
-from bot.core.metering import Actor
 from bot.core.repository import Agent
 from bot.front.replies import (
     NO_MENTIONS,
     actor_of,
+    actor_of_message,
     error_text,
     insufficient_embed,
     reply,
     split_message,
 )
 from cogs._base import FeatureCog, agent_names
-from ledger import InsufficientTokens, guild_account
+from ledger import InsufficientTokens
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class ChatCog(FeatureCog):
         interaction.extras["operation"] = "This chat message"
         actor = actor_of(interaction)
         found = await self.services.agents.get(actor, agent)
+        await self.services.limits.admit(actor, "chat")  # before a thread is opened
         channel = interaction.channel
         await interaction.response.defer(thinking=True)
         if isinstance(channel, discord.Thread):
@@ -124,7 +125,7 @@ class ChatCog(FeatureCog):
         agent = await self.services.chat.agent_of_thread(str(channel.id))
         if agent is None:
             return
-        actor = Actor(guild_account(message.guild.id), message.author.id, message.guild.id)
+        actor = actor_of_message(message)
         try:
             async with channel.typing():
                 answer = await self.services.chat.ask(
