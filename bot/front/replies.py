@@ -45,7 +45,7 @@ def actor_of(interaction: discord.Interaction) -> Actor:
 def roles_of(member: Any, guild_id: int) -> tuple[int, ...]:
     """A member's role ids, highest first (the server's own order); @everyone left out."""
     roles = [r for r in getattr(member, "roles", ()) if r.id != guild_id]
-    return tuple(r.id for r in sorted(roles, key=lambda r: r.position, reverse=True))
+    return tuple(r.id for r in sorted(roles, key=lambda r: getattr(r, "position", 0), reverse=True))
 
 
 def where(channel: Any, channel_id: int | None) -> int | None:

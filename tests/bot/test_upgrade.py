@@ -97,15 +97,7 @@ async def test_dm_upgrades_the_users_own_account(
 async def test_already_pro_gets_a_fresh_portal_link(
     owner: CommandRunner, with_api: Any, services: Services
 ) -> None:
-    from bot.http.sidecar import parse_event
-    from ledger.subscriptions import apply_event
-    from tests.billing.payloads import encode, subscription
-
-    await apply_event(
-        services.ledger,
-        parse_event(encode(subscription("subscription_created", sub_id="808"))),
-        accept_test_mode=False,
-    )
+    await _pro_through(services, "808", user_id=str(OWNER))
     sent = await owner.run("/upgrade")
     assert "on Pro; it renews <t:" in text(sent)
     assert sent[-1].buttons() == [
@@ -141,12 +133,13 @@ def test_sidecar_runs_alone(tmp_path: Path) -> None:
 
 
 async def _pro_through(services: Services, sub_id: str, user_id: str) -> None:
-    from bot.http.sidecar import parse_event
-    from ledger.subscriptions import apply_event
-    from tests.billing.payloads import encode, subscription
+    from tests.billing.conftest import deliver
+    from tests.billing.payloads import PRO_VARIANTS, STORE_ID, subscription
 
-    body = encode(subscription("subscription_created", sub_id=sub_id, user_id=user_id))
-    await apply_event(services.ledger, parse_event(body), accept_test_mode=False)
+    services.config.lemonsqueezy.pro_variant_ids = list(PRO_VARIANTS)
+    services.config.lemonsqueezy.store_id = STORE_ID
+    payload = subscription("subscription_created", sub_id=sub_id, user_id=user_id)
+    assert (await deliver(services.ledger, services.config, payload)).outcome == "applied"
 
 
 async def test_a_member_of_a_pro_server_gets_no_portal_link(

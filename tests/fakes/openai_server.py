@@ -289,8 +289,9 @@ class FakeOpenAI:
             for piece in _PIECE.findall(text):
                 if fault is not None and record.chunks_sent >= fault[1]:
                     break
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                # Always yield: a real server's chunks come over time, and writing a whole
+                # answer in one step would stall the loop this fake shares with the bot.
+                await asyncio.sleep(self.chunk_delay)
                 await event(delta({"content": piece}))
                 record.chunks_sent += 1
                 record.streamed += piece
@@ -302,8 +303,8 @@ class FakeOpenAI:
             record.failed = f"stream {fault[0]} after {fault[1]}"
             if fault[0] == "stall":
                 await self._release.wait()
-            assert request.transport is not None
-            request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
+            if request.transport is not None:  # (a stalled client may have gone already)
+                request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
             return response
         await event(delta({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and not self.omit_stream_usage:
