@@ -97,6 +97,9 @@ class OpenAISettings(_Section):
     max_retries: int = Field(default=2, ge=0, le=10)
     max_connections: int = Field(default=64, ge=1, le=1000)
     vision_model: str = ""  # chat with an image attached; empty: chat_model
+    # Wall clock for one whole call, retries and a streamed answer included: timeout_seconds
+    # bounds each read, so a body that trickles a byte at a time never ends without this.
+    deadline_seconds: float = Field(default=180.0, gt=0, le=3600)
 
     @field_validator("image_model")
     @classmethod

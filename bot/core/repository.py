@@ -413,7 +413,10 @@ class Repository:
         await self.store.write(op)
 
     async def chunk_count(self, account_id: str) -> int:
-        rows = await self.store.reader.execute_fetchall(
+        return await self.chunk_count_in(self.store.reader, account_id)
+
+    async def chunk_count_in(self, conn: aiosqlite.Connection, account_id: str) -> int:
+        rows = await conn.execute_fetchall(
             "SELECT COUNT(*) FROM chunks c JOIN agents a ON a.id = c.agent_id"
             " WHERE a.account_id = ?",
             (account_id,),
