@@ -39,7 +39,7 @@ from bot.billing.states import (
 from ledger import Ledger
 from ledger.clock import from_text, to_text
 from ledger.periods import period_containing
-from ledger.storage import Connection
+from ledger.storage import Connection, serialize
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ async def _apply(
     rules: Rules,
     body: bytes | None,
 ) -> Outcome:
+    # Sidecars behind a load balancer may receive one event (or two of one order) at
+    # once: on PostgreSQL they take turns, so each is seen applied by the next.
+    await serialize(conn, f"billing:{event.provider}")
     seen = await store.event_by_body(conn, event.provider, event.body_sha256)
     if seen is not None and seen.outcome not in store.RETRYABLE:
         return Outcome("duplicate", seen.account_id, detail=f"first outcome: {seen.outcome}")

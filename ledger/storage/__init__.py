@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ledger.storage.protocol import Checkpointed, Compacted, Connection, Operation, Row, Store
@@ -12,6 +13,15 @@ def lock_rows(conn: object) -> str:
     """The suffix that locks the rows a write reads before it writes them: `FOR UPDATE`
     on PostgreSQL; nothing on SQLite, whose single writer already serializes writes."""
     return " FOR UPDATE" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
+
+
+async def serialize(conn: Connection, key: str) -> None:
+    """Make the writes under `key` take turns until the caller's transaction ends: a
+    transaction-scoped advisory lock on PostgreSQL (several webhook sidecars applying
+    one event, or two effects of one order); nothing on SQLite, whose writer is one."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        number = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+        await conn.execute("SELECT pg_advisory_xact_lock(?)", (number - (1 << 63),))
 
 
 def is_postgres(database: str | Path) -> bool:
@@ -39,4 +49,5 @@ __all__ = [
     "is_postgres",
     "lock_rows",
     "open_store",
+    "serialize",
 ]

@@ -35,15 +35,16 @@ def billing_clock() -> ManualClock:
 
 
 @pytest.fixture
-async def billing_ledger(tmp_path: Path, billing_clock: ManualClock) -> AsyncIterator[Ledger]:
-    opened = await open_billing_ledger(tmp_path / "bot.db", billing_clock)
+async def billing_ledger(database: str, billing_clock: ManualClock) -> AsyncIterator[Ledger]:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    opened = await open_billing_ledger(database, billing_clock)
     try:
         yield opened
     finally:
         await opened.close()
 
 
-async def open_billing_ledger(path: Path, clock: ManualClock) -> Ledger:
+async def open_billing_ledger(path: Path | str, clock: ManualClock) -> Ledger:
     """A ledger with the billing tables, as `bot.runtime.open_ledger` opens one."""
     opened = await Ledger.open(path, clock=clock)
     try:
