@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from ledger.errors import (
     MemberCapReached,
     UnknownPlan,
 )
+from ledger.leases import host_key, process_alive
 from ledger.members import Cap, MemberSpending
 from ledger.periods import add_months, period_containing
 from ledger.records import (
@@ -817,7 +817,7 @@ class Ledger:
                     self.instance_id,
                     kind,
                     os.getpid(),
-                    socket.gethostname(),
+                    host_key(),
                     to_text(now),
                     to_text(now + self.lease),
                 ),
@@ -836,7 +836,7 @@ class Ledger:
                 (
                     self.instance_id,
                     os.getpid(),
-                    socket.gethostname(),
+                    host_key(),
                     to_text(now),
                     to_text(now + self.lease),
                 ),
@@ -888,14 +888,15 @@ class Ledger:
         return report
 
     async def _dead_here(self, conn: Connection) -> list[str]:
-        """Instances on this host whose process is gone: their holds need not wait for the
+        """Instances on this host (same kernel, same pid namespace: ledger/leases.py)
+        whose process is gone: their holds need not wait for the
         lease to lapse. Only a definite "no such process" counts; a reused pid looks alive
         and simply leaves the hold to the lease, which is the safe way to be wrong. Our own
         pid is the exception: an instance with it that this process did not open belongs to
         a dead process whose pid we were given, as PID 1 of a container restarted in place."""
         rows = await conn.execute_fetchall(
             "SELECT instance_id, pid FROM instances WHERE hostname = ? AND instance_id != ?",
-            (socket.gethostname(), self.instance_id),
+            (host_key(), self.instance_id),
         )
         return [
             r["instance_id"]
@@ -903,7 +904,7 @@ class Ledger:
             if (
                 r["instance_id"] not in _OPENED_HERE
                 if r["pid"] == os.getpid()
-                else not _process_alive(r["pid"])
+                else not process_alive(r["pid"])
             )
         ]
 
@@ -1034,20 +1035,6 @@ class Ledger:
             now = to_text(self.clock.now())
             await self.store.write(lambda conn: verifier.record(conn, outcome, now, mode))
         return outcome.violations
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _cap_action(scope: str, subject_id: str) -> str:
