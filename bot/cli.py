@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     listing = steps.add_parser("events", help="what was received and what each did, newest first")
     listing.add_argument("--account")
     listing.add_argument("--limit", type=int, default=50)
+    storage = commands.add_parser("storage", help="move the database to another engine")
+    moves = storage.add_subparsers(dest="action", required=True)
+    copy = moves.add_parser("copy", help="copy this SQLite database into an empty PostgreSQL one")
+    copy.add_argument("--to", required=True, metavar="postgresql://...")
     return parser
 
 
@@ -398,6 +402,49 @@ class Progress:
 
 PROGRESS_SECONDS = 0.2
 
+
+def _storage(config: Config, args: argparse.Namespace) -> int:
+    """`storage copy --to URL`: every table of the configured SQLite database into an
+    empty PostgreSQL database, then `verify` on both sides."""
+    from ledger.storage import is_postgres
+
+    if not is_postgres(args.to):
+        raise UsageError("--to must be a postgresql:// address")
+    if is_postgres(config.storage.database):
+        raise UsageError("storage.database is already PostgreSQL: copy from a SQLite file")
+    if not Path(config.storage.database).exists():
+        raise UsageError(f"no database at {config.storage.database}")
+    return asyncio.run(_copy(config, args.to))
+
+
+async def _copy(config: Config, to: str) -> int:
+    from bot.runtime import open_database
+    from ledger.storage.copy import TargetNotEmpty, copy
+
+    target_config = config.model_copy(
+        update={"storage": config.storage.model_copy(update={"database": to})}
+    )
+    async with (
+        await open_database(config, "cli") as source,
+        await open_database(target_config, "cli") as target,
+    ):
+        try:
+            copied = await copy(source.store, target.store)  # type: ignore[arg-type]
+        except TargetNotEmpty as error:
+            print(error, file=sys.stderr)
+            return 1
+        for table, rows in copied.tables.items():
+            print(f"{table}: {rows} rows")
+        failed = False
+        for side, ledger in (("source", source), ("target", target)):
+            found = await ledger.verify(full=True)
+            print(f"verify {side}: {'clean' if not found else f'{len(found)} violations'}")
+            for violation in found:
+                print(f"  {violation.account_id}: {violation.message}")
+            failed = failed or bool(found)
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "run": _run,
     "webhooks": _webhooks,
@@ -405,4 +452,5 @@ COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "check": _check,
     "ledger": _ledger,
     "billing": _billing,
+    "storage": _storage,
 }

@@ -26,3 +26,17 @@ async def open_ledger(config: Config, kind: str, *, clock: Clock | None = None) 
         await ledger.close()
         raise
     return ledger
+
+
+async def open_database(config: Config, kind: str) -> Ledger:
+    """The ledger with every part's tables migrated (billing's and the application's),
+    for jobs on the whole database such as `storage copy`."""
+    from bot.core.repository import Repository
+
+    ledger = await open_ledger(config, kind)
+    try:
+        await Repository(ledger.store).migrate()
+    except BaseException:
+        await ledger.close()
+        raise
+    return ledger

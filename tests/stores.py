@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -27,21 +28,40 @@ def with_schema(schema: str) -> str:
     return f"{POSTGRES}{'&' if '?' in POSTGRES else '?'}search_path={schema}"
 
 
-@asynccontextmanager
-async def fresh_schema() -> AsyncIterator[str]:
-    """A DSN whose search_path is a new, empty schema, dropped afterwards."""
+async def _admin() -> Any:
     try:
         import asyncpg
     except ImportError as error:
         _unreachable(str(error))
     try:
-        admin = await asyncpg.connect(POSTGRES, timeout=3)
+        return await asyncpg.connect(POSTGRES, timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         _unreachable(str(error))
+
+
+async def create_schema() -> str:
     schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await _admin()
     try:
         await admin.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await admin.close()
+    return schema
+
+
+async def drop_schema(schema: str) -> None:
+    admin = await _admin()
+    try:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def fresh_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a new, empty schema, dropped afterwards."""
+    schema = await create_schema()
+    try:
         yield with_schema(schema)
     finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
+        await drop_schema(schema)
