@@ -30,6 +30,7 @@ from ledger import (
     Resolution,
     SweepReport,
 )
+from tests.stores import create_schema, drop_schema, with_schema
 
 T = TypeVar("T")
 
@@ -96,14 +97,20 @@ class ModelHold:
 
 class LedgerMachine(RuleBasedStateMachine):
     holds = Bundle("holds")
+    store = "sqlite"
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.folder = tempfile.mkdtemp(prefix="ledger-stateful-")
         self.clock = ManualClock(START)
+        self.schema: str | None = None
+        database = str(Path(self.folder, "ledger.db"))
+        if self.store == "postgresql":
+            self.schema = self.run(create_schema())
+            database = with_schema(self.schema)
         self.ledger: Ledger = self.run(
-            Ledger.open(Path(self.folder, "ledger.db"), clock=self.clock, hold_ttl_seconds=TTL)
+            Ledger.open(database, clock=self.clock, hold_ttl_seconds=TTL)
         )
         self.accounts: dict[str, Account] = {}
         self.model_holds: dict[str, ModelHold] = {}
@@ -116,6 +123,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.run(self.ledger.close())
+            if self.schema is not None:
+                self.run(drop_schema(self.schema))
         finally:
             self.loop.close()
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -371,4 +380,16 @@ LedgerMachine.TestCase.settings = settings(
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 class TestLedgerModel(LedgerMachine.TestCase):  # type: ignore[misc,valid-type]
+    pass
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    store = "postgresql"
+
+
+PostgresLedgerMachine.TestCase.settings = settings(LedgerMachine.TestCase.settings, max_examples=15)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+class TestLedgerModelOnPostgres(PostgresLedgerMachine.TestCase):  # type: ignore[misc,valid-type]
     pass
