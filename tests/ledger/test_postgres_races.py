@@ -1,0 +1,169 @@
+"""PostgreSQL has no single writer: several processes and several ledgers on one database
+must still never overspend, lose an update, or leave verify anything to find."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger import InsufficientTokens, Ledger, ManualClock
+from tests.children import bot_env
+from tests.stores import fresh_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "guild:9"
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from ledger import InsufficientTokens, Ledger
+
+    async def main(dsn, pairs, amount):
+        admitted = 0
+        async with await Ledger.open(dsn) as ledger:
+            for n in range(pairs):
+                try:
+                    hold = await ledger.reserve("guild:9", amount, "chat", user_id=n % 5)
+                except InsufficientTokens:
+                    continue
+                await ledger.commit(hold, amount)
+                admitted += 1
+        print(admitted)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    """
+)
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from ledger import Ledger
+
+    async def main(dsn):
+        ledger = await Ledger.open(dsn, lease_seconds=2)
+        await ledger.reserve("guild:9", 5000, "chat")
+        print("held", flush=True)
+        await asyncio.Event().wait()  # until killed
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with fresh_schema() as address:
+        yield address
+
+
+def _child(script: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=bot_env(PYTHONPATH=str(ROOT)),
+    )
+
+
+async def test_four_processes_reserve_and_commit_to_the_exact_total(dsn: str) -> None:
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.balance(ACCOUNT)  # the schema, before the workers race to it
+    # 4 x 80 attempts of 1,000 against a 250,000 allowance: exactly 250 fit.
+    workers = [_child(WORKER, dsn, 80, 1_000) for _ in range(4)]
+    admitted = 0
+    for worker in workers:
+        out, err = await asyncio.to_thread(worker.communicate, timeout=120)
+        assert worker.returncode == 0, err
+        admitted += int(out.split()[-1])
+
+    assert admitted == 250
+    async with await Ledger.open(dsn) as ledger:
+        balance = await ledger.balance(ACCOUNT)
+        assert (balance.tokens_used, balance.tokens_held, balance.available) == (250_000, 0, 0)
+        assert await ledger.verify(full=True) == []
+
+
+async def test_grants_revokes_plan_changes_and_rollovers_from_three_ledgers_verify_clean(
+    dsn: str,
+) -> None:
+    clock = ManualClock()
+    ledgers = [await Ledger.open(dsn, clock=clock) for _ in range(3)]
+    try:
+        rng = random.Random(13)
+        granted = 0
+
+        async def grants(ledger: Ledger) -> None:
+            nonlocal granted
+            for _ in range(15):
+                await ledger.grant(ACCOUNT, 1_000, "cli:op", "race")
+                granted += 1_000
+                try:
+                    await ledger.revoke(ACCOUNT, 400, "cli:op", "race")
+                    granted -= 400
+                except Exception:  # a revoke never takes the bonus below zero
+                    pass
+
+        async def plans(ledger: Ledger) -> None:
+            for n in range(10):
+                end = clock.now() + timedelta(days=rng.randint(1, 40))
+                plan = "pro" if n % 2 == 0 else "free"
+                await ledger.set_plan(ACCOUNT, plan, end, actor="billing", reason="race")
+
+        async def spend(ledger: Ledger) -> None:
+            for _ in range(20):
+                try:
+                    hold = await ledger.reserve(ACCOUNT, 2_000, "chat", user_id=1)
+                except InsufficientTokens:
+                    continue
+                clock.advance(days=rng.randint(0, 12))  # rollovers in between
+                await ledger.commit(hold, rng.randint(0, 2_500))
+
+        await asyncio.gather(grants(ledgers[0]), plans(ledgers[1]), spend(ledgers[2]))
+
+        assert await ledgers[0].verify(full=True) == []
+        balance = await ledgers[1].balance(ACCOUNT)
+        assert balance.tokens_held == 0
+        history = await ledgers[2].history(ACCOUNT, 10_000)
+        assert balance.bonus_tokens == sum(e.bonus_delta for e in history)
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+
+
+async def test_a_killed_process_holds_are_freed_by_another_after_its_lease(dsn: str) -> None:
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.balance(ACCOUNT)
+    holder = _child(HOLDER, dsn)
+    assert holder.stdout is not None
+    line = await asyncio.to_thread(holder.stdout.readline)
+    assert line.strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(holder.wait, 30)
+
+    # As if it ran on another host: its pid means nothing here, only its lease counts.
+    clock = ManualClock(datetime.now(UTC))
+    async with await Ledger.open(dsn, clock=clock) as ledger:
+        await ledger.store.write(
+            lambda conn: conn.execute(
+                "UPDATE instances SET hostname = 'elsewhere' WHERE pid = ?", (holder.pid,)
+            )
+        )
+        assert (await ledger.sweep()).orphaned == 0  # its 2 s lease still runs
+        assert (await ledger.balance(ACCOUNT)).tokens_held == 5_000
+        clock.advance(seconds=3)
+        report = await ledger.sweep()
+        assert (report.orphaned, report.tokens_freed) == (1, 5_000)
+        balance = await ledger.balance(ACCOUNT)
+        assert (balance.tokens_held, balance.tokens_used) == (0, 0)
+        assert await ledger.verify(full=True) == []
