@@ -175,6 +175,18 @@ class AdminsSettings(_Section):
 class DiscordSettings(_Section):
     dev_guild_id: int | None = None
     message_content: bool = False
+    # Several `run` processes of one bot each take some shards: all of them set the same
+    # shard_count and each its own shard_ids. Unset: one process, Discord's own count.
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("discord.shard_ids needs discord.shard_count")
+        if any(not 0 <= i < (self.shard_count or 1) for i in self.shard_ids):
+            raise ValueError("discord.shard_ids must lie in 0 .. shard_count - 1")
+        return self
 
 
 class LimitsSettings(_Section):

@@ -90,6 +90,7 @@ class Ledger:
         self.lease = timedelta(seconds=lease_seconds)
         self.instance_id = instance_id
         self._maintenance: asyncio.Task[None] | None = None
+        self._roles: set[str] = set()  # the once-only jobs this instance leads
         self._checkpointed_at = 0.0
 
     @classmethod
@@ -908,7 +909,32 @@ class Ledger:
             )
         ]
 
+    async def lead(self, role: str) -> bool:
+        """Whether this instance leads `role` (a once-only job such as syncing commands):
+        it takes the role if nobody holds it or its leader's lease lapsed, and keeps it
+        while it renews (`start_maintenance` does, a few times per lease)."""
+
+        async def op(conn: Connection) -> bool:
+            now = self.clock.now()
+            rows = await conn.execute_fetchall(
+                "INSERT INTO leaders (role, instance_id, lease_until) VALUES (?, ?, ?)"
+                " ON CONFLICT (role) DO UPDATE SET instance_id = excluded.instance_id,"
+                " lease_until = excluded.lease_until"
+                " WHERE leaders.instance_id = excluded.instance_id OR leaders.lease_until <= ?"
+                " RETURNING instance_id",
+                (role, self.instance_id, to_text(now + self.lease), to_text(now)),
+            )
+            return bool(rows)
+
+        leading = await self.store.write(op)
+        if leading:
+            self._roles.add(role)
+        else:
+            self._roles.discard(role)
+        return leading
+
     async def _retire_op(self, conn: Connection) -> None:
+        await conn.execute("DELETE FROM leaders WHERE instance_id = ?", (self.instance_id,))
         rows = await conn.execute_fetchall(
             "SELECT hold_id FROM holds WHERE status = 'pending' AND instance_id = ?",
             (self.instance_id,),
@@ -929,6 +955,8 @@ class Ledger:
         while True:
             try:
                 await self.renew_lease()
+                for role in list(self._roles):
+                    await self.lead(role)
                 await self.sweep()
                 await self.archive_holds(max_batches=ARCHIVE_BATCHES_PER_ROUND)
                 await self._checkpoint_when_idle()

@@ -204,4 +204,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE token_usage ADD COLUMN hold_amount INTEGER;
     """,
+    # 7 (storage): the leader of each once-only job among the processes of one database
+    # (several `run` processes on several hosts: one syncs the slash commands).
+    """
+    CREATE TABLE leaders (
+        role         TEXT PRIMARY KEY,
+        instance_id  TEXT NOT NULL,
+        lease_until  TEXT NOT NULL
+    );
+    """,
 ]

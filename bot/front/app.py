@@ -96,6 +96,7 @@ class AgentBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
             tree_cls=AgentTree,
             help_command=None,
+            **getattr(self, "_shard_options", {}),
         )
         self.config = config
         self.services: Services = services  # type: ignore[assignment]  # set in setup_hook
@@ -116,6 +117,11 @@ class AgentBot(commands.Bot):
         await self._load_owners()
         self.services.ledger.start_maintenance()
         self.sidecar = await self._start_sidecar()
+        # Several `run` processes (shards on several hosts) share the database: one of
+        # them syncs the commands, the others would only repeat it against the rate limit.
+        if not await self.services.ledger.lead("commands"):
+            log.info("another process syncs the slash commands")
+            return
         guild_id = self.config.discord.dev_guild_id
         if guild_id:
             guild = discord.Object(guild_id)
@@ -195,8 +201,26 @@ class AgentBot(commands.Bot):
         return "attachment://avatar.png", discord.File(Path(path), filename="avatar.png")
 
 
+class ShardedAgentBot(AgentBot, commands.AutoShardedBot):
+    """The bot taking the shards `discord.shard_ids` of `discord.shard_count`."""
+
+    def __init__(self, config: Config, services: Services | None = None) -> None:
+        self._shard_options = {
+            "shard_count": config.discord.shard_count,
+            "shard_ids": config.discord.shard_ids,
+        }
+        super().__init__(config, services)
+
+
+def make_bot(config: Config, services: Services | None = None) -> AgentBot:
+    """One process for the whole bot, or the shards this process was given."""
+    if config.discord.shard_ids:
+        return ShardedAgentBot(config, services)
+    return AgentBot(config, services)
+
+
 async def _main(config: Config, token: str) -> int:
-    bot = AgentBot(config)
+    bot = make_bot(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
