@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import NotFound
-from ledger.storage import Connection, Row, Store
+from ledger.storage import Connection, Row, Store, serialize
 
 APP_MIGRATIONS: list[str] = [
     # 1: agents with their avatar; documents, chunks and conversations for chat.
@@ -234,6 +234,9 @@ class Repository:
     # ---- agents ---------------------------------------------------------------------
 
     async def count_agents_in(self, conn: Connection, account_id: str) -> int:
+        # Counted, then checked against the plan's limit, then inserted: on PostgreSQL the
+        # creations of one account take turns (SQLite's single writer already does).
+        await serialize(conn, f"agents:{account_id}")
         rows = await conn.execute_fetchall(
             "SELECT COUNT(*) FROM agents WHERE account_id = ?", (account_id,)
         )
@@ -410,6 +413,9 @@ class Repository:
         return await self.chunk_count_in(self.store.reader, account_id)
 
     async def chunk_count_in(self, conn: Connection, account_id: str) -> int:
+        # The caller checks the cap on this count and then inserts: uploads of one account
+        # take turns through that on PostgreSQL (SQLite's single writer already does).
+        await serialize(conn, f"chunks:{account_id}")
         rows = await conn.execute_fetchall(
             "SELECT COUNT(*) FROM chunks c JOIN agents a ON a.id = c.agent_id"
             " WHERE a.account_id = ?",

@@ -7,12 +7,20 @@ from collections.abc import Callable
 
 import pytest
 
+from bot.config import Config
 from bot.core.metering import Actor
 from bot.errors import InvalidInput
 from bot.front.standin import CommandRunner, UsageError
 from bot.services import Services
 from tests.bot.conftest import GUILD, MANAGER, MEMBER
 from tests.bot.helpers import assert_mentions_disabled, text
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 async def test_create_list_info(owner: CommandRunner) -> None:

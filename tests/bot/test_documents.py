@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from bot.config import Config
 from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
 from tests.bot.conftest import GUILD
@@ -14,6 +15,13 @@ from tests.bot.helpers import text
 from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
 
 ACCOUNT = f"guild:{GUILD}"
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 def _pages(n: int) -> list[str]:

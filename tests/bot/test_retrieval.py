@@ -6,11 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
+from bot.config import Config
 from bot.core.documents.retrieval import Retriever
 from bot.core.repository import DocumentsVersion
 
 ACCOUNT = "guild:1"
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 class StubRepo:
