@@ -155,7 +155,7 @@ class Ledger:
         rows = list(await conn.execute_fetchall(select, (account_id,)))
         if not rows:
             free = self.plan("free")
-            row = {
+            row: dict[str, Any] = {
                 "account_id": account_id,
                 "plan_type": free.name,
                 "tokens_limit": free.monthly_tokens,

@@ -121,8 +121,7 @@ class _Statement:
             number_of = {old: new + 1 for new, old in enumerate(kept)}
             out = [self.pieces[0]]
             for key, piece in zip(self.keys, self.pieces[1:], strict=True):
-                index = self.names.index(key) if self.names is not None else key
-                assert isinstance(index, int)
+                index = key if isinstance(key, int) else (self.names or []).index(key)
                 if signature[index] is type(None):
                     out.append(f"NULL{piece}")
                 else:
@@ -130,8 +129,8 @@ class _Statement:
                     out.append(f"${number_of[index]}{cast}{piece}")
             found = ("".join(out), kept if len(kept) < len(signature) else None)
             self.rendered[signature] = found
-        text, kept = found
-        return text, args if kept is None else [args[i] for i in kept]
+        text, keep = found
+        return text, args if keep is None else [args[i] for i in keep]
 
 
 _CACHE: dict[str, _Statement] = {}
