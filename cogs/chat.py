@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 def answer_parts(answer: ChatAnswer) -> list[str]:
     text = answer.text
     if answer.sources:
-        cited = dict.fromkeys(f"{h.document} p.{h.page}" for h in answer.sources)
-        text += "\n\n-# Sources: " + ", ".join(cited)
+        cited = dict.fromkeys(h.source for h in answer.sources)
+        text += "\n\n-# Sources: " + "; ".join(cited)
     return split_message(text)
 
 
