@@ -108,3 +108,11 @@ class Violation:
     def __str__(self) -> str:
         where = self.account_id or "ledger"
         return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    archived_holds: int
+    bytes_freed: int  # given back to the file system
+    converted: bool  # a full VACUUM switched the file to incremental vacuum first
+    wal_emptied: bool  # False when a reader kept the WAL alive

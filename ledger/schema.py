@@ -199,4 +199,9 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, period_seq, threshold)
     );
     """,
+    # 6: the amount a hold set aside, on the audit row it produced, so that row stands for
+    # the hold once the hold row is archived (ledger/archive.py).
+    """
+    ALTER TABLE token_usage ADD COLUMN hold_amount INTEGER;
+    """,
 ]

@@ -257,18 +257,23 @@ async def _holds(
 
 
 async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[Violation]:
-    """Audit rows of the walk naming a hold that has no row, above the archive's mark."""
-    archived = await _archived_through(conn)
+    """Audit rows of the walk naming a hold that has no row, above the archive's mark
+    (read in the same snapshot: archiving may move it while verify runs)."""
     found: list[Violation] = []
-    low = max(start, archived)
+    low = start
     while low < end:
         high = min(end, low + PAGE)
-        rows = await conn.execute_fetchall(
-            "SELECT t.account_id, t.hold_id FROM token_usage t"
-            " WHERE t.id > ? AND t.id <= ? AND t.hold_id IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.hold_id = t.hold_id)",
-            (low, high),
-        )
+        await conn.execute("BEGIN")
+        try:
+            archived = await _archived_through(conn)
+            rows = await conn.execute_fetchall(
+                "SELECT t.account_id, t.hold_id FROM token_usage t"
+                " WHERE t.id > ? AND t.id <= ? AND t.hold_id IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.hold_id = t.hold_id)",
+                (max(low, archived), high),
+            )
+        finally:
+            await conn.execute("COMMIT")
         found += [Violation(r[0], f"audit row of hold {r[1]} has no hold") for r in rows]
         low = high
     return found
