@@ -16,7 +16,6 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiosqlite
 import numpy as np
 
 from bot.config import Config, LimitsSettings
@@ -31,6 +30,7 @@ from bot.core.documents.workers import ExtractionPool, WorkerLimits
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Document, Repository
 from bot.errors import InvalidInput, NotFound
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class DocumentService:
 
         document_ids: list[int] = []
 
-        async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
+        async def store(conn: Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)
