@@ -491,6 +491,18 @@ class Repository:
         words = [w for w in _FTS_WORD.findall(query.lower()) if len(w) > 1][:64]
         if not words:
             return []
+        if self.store.dialect == "postgresql":
+            # PostgreSQL's text search over the index of migration 6 (ledger/storage/
+            # migrate.py makes it); ts_rank is higher-better, so negated like bm25().
+            rows = await self.store.reader.execute_fetchall(
+                "SELECT c.id, -ts_rank(to_tsvector('simple', c.text), q) AS rank"
+                " FROM chunks c JOIN agents a ON a.id = c.agent_id,"
+                " to_tsquery('simple', ?) AS q"
+                " WHERE to_tsvector('simple', c.text) @@ q AND c.agent_id = ?"
+                " AND a.account_id = ? ORDER BY rank, c.id LIMIT ?",
+                (" | ".join(dict.fromkeys(words)), agent_id, account_id, limit),
+            )
+            return [(int(r[0]), float(r[1])) for r in rows]
         expression = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
         rows = await self.store.reader.execute_fetchall(
             "SELECT f.rowid, bm25(chunks_fts) AS rank FROM chunks_fts f"

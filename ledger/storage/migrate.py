@@ -76,6 +76,10 @@ _TRIGGER = re.compile(
     r"\s*'([^']*)'\);\s*END;?",
     re.S,
 )
+_FTS = re.compile(
+    r"CREATE VIRTUAL TABLE (\w+) USING fts5\(\s*(\w+)\s*,\s*content\s*=\s*'(\w+)'", re.I
+)
+_FTS_UPKEEP = re.compile(r"INSERT INTO \w+_fts\b", re.I)
 _INT_KEY = re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?\b")
 
 
@@ -87,6 +91,14 @@ def to_postgres(statement: str) -> list[str]:
     text = "\n".join(lines).strip().rstrip(";")
     if text.upper().startswith("PRAGMA"):
         return []
+    fts = _FTS.match(text)
+    if fts:
+        # PostgreSQL's own text search: an expression index on the content table's column
+        # (the application queries it with to_tsvector('simple', ...), see repository.py).
+        name, column, table = fts.groups()
+        return [f"CREATE INDEX {name} ON {table} USING gin (to_tsvector('simple', {column}))"]
+    if _FTS_UPKEEP.search(text):
+        return []  # an FTS5 table's rebuild or its triggers: the index keeps itself
     trigger = _TRIGGER.fullmatch(text + ";") or _TRIGGER.fullmatch(text)
     if trigger:
         name, event, table, message = trigger.groups()
