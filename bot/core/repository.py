@@ -527,7 +527,8 @@ class Repository:
     ) -> int:
         rows = await conn.execute_fetchall(
             "INSERT INTO conversations (thread_key, agent_id, account_id, created_at)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (thread_key) DO UPDATE SET thread_key = thread_key"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (thread_key)"
+            " DO UPDATE SET thread_key = excluded.thread_key"
             " RETURNING id",
             (thread_key, agent_id, account_id, _now()),
         )
