@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,13 +27,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from ledger import members, queries
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
 from ledger.alerts import alerts_in
-from ledger.archive import archive_batch
 from ledger.clock import Clock, SystemClock, from_text, to_text
 from ledger.errors import (
     HoldNotFound,
@@ -56,7 +52,7 @@ from ledger.records import (
     UsageEntry,
     Violation,
 )
-from ledger.store import Store
+from ledger.storage import Connection, Store, lock_rows, open_store
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +107,7 @@ class Ledger:
         kind: str = "bot",
         secure_delete: bool = False,
     ) -> Ledger:
-        store = await Store.open(path, secure_delete=secure_delete)
+        store = await open_store(path, secure_delete=secure_delete)
         ledger = cls(
             store,
             plans or DEFAULT_PLANS,
@@ -154,13 +150,11 @@ class Ledger:
 
     # ---- accounts and periods -------------------------------------------------------
 
-    async def _account(
-        self, conn: aiosqlite.Connection, account_id: str, now: datetime
-    ) -> dict[str, Any]:
+    async def _account(self, conn: Connection, account_id: str, now: datetime) -> dict[str, Any]:
         """The account row, created on first use and rolled over if its period ended."""
-        rows = await conn.execute_fetchall(
-            "SELECT * FROM usage_limits WHERE account_id = ?", (account_id,)
-        )
+        # Locked on PostgreSQL: every write that reads the row writes it from what it read.
+        select = "SELECT * FROM usage_limits WHERE account_id = ?" + lock_rows(conn)
+        rows = list(await conn.execute_fetchall(select, (account_id,)))
         if not rows:
             free = self.plan("free")
             row = {
@@ -177,11 +171,15 @@ class Ledger:
                 "created_at": to_text(now),
                 "updated_at": to_text(now),
             }
-            await conn.execute(
-                f"INSERT INTO usage_limits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            created = await conn.execute_fetchall(
+                f"INSERT INTO usage_limits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT (account_id) DO NOTHING RETURNING account_id",
                 tuple(row.values()),
             )
-            return row
+            if created:
+                return row
+            # Another process created it since our read (only on PostgreSQL).
+            rows = list(await conn.execute_fetchall(select, (account_id,)))
         row = dict(rows[0])
         if now >= from_text(row["period_end"]):
             start, end = period_containing(from_text(row["period_anchor"]), now)
@@ -219,7 +217,7 @@ class Ledger:
 
     async def _audit(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         row: dict[str, Any],
         operation: str,
         actor: str,
@@ -236,7 +234,7 @@ class Ledger:
         )
 
     async def note_in(
-        self, conn: aiosqlite.Connection, account_id: str, operation: str, actor: str, details: str
+        self, conn: Connection, account_id: str, operation: str, actor: str, details: str
     ) -> None:
         """An audit row of `operation` (billing's refunds), inside the caller's transaction."""
         now = self.clock.now()
@@ -245,7 +243,7 @@ class Ledger:
 
     async def _journal(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         action: str,
         amount: int | None,
@@ -284,7 +282,7 @@ class Ledger:
         role_ids = [str(r) for r in roles]
         hold_id = uuid.uuid4().hex
 
-        async def op(conn: aiosqlite.Connection) -> Hold:
+        async def op(conn: Connection) -> Hold:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             if user is not None:
@@ -336,7 +334,7 @@ class Ledger:
 
     async def _hold_member(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         row: dict[str, Any],
         user: str,
         roles: list[str],
@@ -363,7 +361,7 @@ class Ledger:
         )
 
     async def commit_in(
-        self, conn: aiosqlite.Connection, hold: Hold | str, actual: int, details: str | None = None
+        self, conn: Connection, hold: Hold | str, actual: int, details: str | None = None
     ) -> Resolution:
         """`commit` inside a write transaction the caller already holds, so the charge and
         what it paid for (a stored avatar, a stored document) commit together or not at all."""
@@ -374,7 +372,7 @@ class Ledger:
         """Push a pending hold's expiry to a time to live from now, because its call is
         making progress (a long upload between two batches). False if no longer pending."""
 
-        async def op(conn: aiosqlite.Connection) -> bool:
+        async def op(conn: Connection) -> bool:
             rows = await conn.execute_fetchall(
                 "UPDATE holds SET expires_at = ? WHERE hold_id = ? AND status = 'pending'"
                 " RETURNING 1",
@@ -392,7 +390,7 @@ class Ledger:
 
     async def _resolve(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         hold_id: str,
         status: str,
         actual: int,
@@ -429,7 +427,7 @@ class Ledger:
 
     async def _charge_late(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         hold_id: str,
         actual: int,
         details: str | None,
@@ -442,7 +440,7 @@ class Ledger:
         rows = await conn.execute_fetchall(
             "SELECT account_id, user_id, guild_id, operation_type, model_used, agent, reason"
             " FROM holds h WHERE hold_id = ? AND status = 'expired' AND NOT EXISTS"
-            " (SELECT 1 FROM token_usage t WHERE t.late_hold_id = h.hold_id)",
+            " (SELECT 1 FROM token_usage t WHERE t.late_hold_id = h.hold_id)" + lock_rows(conn),
             (hold_id,),
         )
         if not rows:
@@ -472,7 +470,7 @@ class Ledger:
 
     async def _charge_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         hold: Any,
         hold_id: str,
         status: str,
@@ -546,7 +544,7 @@ class Ledger:
         )
 
     async def _earlier_resolution(
-        self, conn: aiosqlite.Connection, hold_id: str, now: datetime
+        self, conn: Connection, hold_id: str, now: datetime
     ) -> Resolution:
         rows = await conn.execute_fetchall(
             "SELECT h.status, h.amount, h.charged, u.* FROM holds h"
@@ -589,7 +587,7 @@ class Ledger:
         """Append a free operation (an avatar upload) to the audit log."""
         check_account_id(account_id)
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             await conn.execute(
@@ -624,7 +622,7 @@ class Ledger:
 
     async def grant_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         amount: int,
         actor: str,
@@ -637,7 +635,7 @@ class Ledger:
 
     async def revoke_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         amount: int,
         actor: str,
@@ -663,7 +661,7 @@ class Ledger:
 
     async def _adjust(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         requested: int,
         delta: int,
@@ -723,7 +721,7 @@ class Ledger:
 
     async def set_plan_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         plan: str,
         period_end: datetime | None,
@@ -740,7 +738,7 @@ class Ledger:
 
     async def enter_period_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         plan: str,
         period: tuple[datetime, datetime, datetime] | None,
@@ -815,7 +813,7 @@ class Ledger:
         role or default); journaled. Returns the cap it replaced, if any."""
         cap = self._cap(account_id, scope, subject_id, tokens, maximum)
 
-        async def op(conn: aiosqlite.Connection) -> int | None:
+        async def op(conn: Connection) -> int | None:
             now = self.clock.now()
             await self._account(conn, account_id, now)
             old = await members.set_cap_in(conn, account_id, cap, to_text(now))
@@ -840,7 +838,7 @@ class Ledger:
         """Remove a cap (journaled when there was one); returns it, or None."""
         cap = self._cap(account_id, scope, subject_id, 0, None)
 
-        async def op(conn: aiosqlite.Connection) -> int | None:
+        async def op(conn: Connection) -> int | None:
             now = self.clock.now()
             await self._account(conn, account_id, now)
             old = await members.clear_cap_in(conn, account_id, cap.scope, cap.subject_id)
@@ -892,7 +890,7 @@ class Ledger:
         the pool is under 20% and this is the first time this period."""
         check_account_id(account_id)
 
-        async def op(conn: aiosqlite.Connection) -> tuple[BalanceAlert, ...]:
+        async def op(conn: Connection) -> tuple[BalanceAlert, ...]:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             return await alerts_in(conn, row, self.instance_id, now, refused=True)
@@ -902,7 +900,7 @@ class Ledger:
     # ---- processes: leases and the sweeper ---------------------------------------------
 
     async def _register(self, kind: str) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             await conn.execute(
                 "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
@@ -921,7 +919,7 @@ class Ledger:
         _OPENED_HERE.add(self.instance_id)
 
     async def renew_lease(self) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             await conn.execute(
                 "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
@@ -942,7 +940,7 @@ class Ledger:
         """Expire this instance's holds past their time to live, and every hold of an
         instance whose lease has lapsed. Never touches another live instance's holds."""
 
-        async def op(conn: aiosqlite.Connection) -> SweepReport:
+        async def op(conn: Connection) -> SweepReport:
             now = to_text(self.clock.now())
             # While the database was out of reach (another process holding the write lock,
             # a long transaction), no process could renew its lease: a lapse then says
@@ -970,10 +968,10 @@ class Ledger:
             freed = sum(r["amount"] for r in (*expired, *orphaned))
             await conn.execute(
                 "DELETE FROM instances WHERE instance_id != ?"
-                f" AND (lease_until <= ? AND NOT ? OR instance_id IN ({dead_marks}))"
+                f" AND (instance_id IN ({dead_marks}){lapsed.replace('i.', '')})"
                 " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id ="
                 " instances.instance_id AND h.status = 'pending')",
-                (self.instance_id, now, stalled, *dead),
+                (self.instance_id, *dead, *([] if stalled else [now])),
             )
             return SweepReport(len(expired), len(orphaned), freed)
 
@@ -987,7 +985,7 @@ class Ledger:
             )
         return report
 
-    async def _dead_here(self, conn: aiosqlite.Connection) -> list[str]:
+    async def _dead_here(self, conn: Connection) -> list[str]:
         """Instances on this host whose process is gone: their holds need not wait for the
         lease to lapse. Only a definite "no such process" counts; a reused pid looks alive
         and simply leaves the hold to the lease, which is the safe way to be wrong. Our own
@@ -1007,7 +1005,7 @@ class Ledger:
             )
         ]
 
-    async def _retire_op(self, conn: aiosqlite.Connection) -> None:
+    async def _retire_op(self, conn: Connection) -> None:
         rows = await conn.execute_fetchall(
             "SELECT hold_id FROM holds WHERE status = 'pending' AND instance_id = ?",
             (self.instance_id,),
@@ -1045,7 +1043,7 @@ class Ledger:
         cutoff = to_text(self.clock.now() - self.hold_ttl)
         total, batches = 0, 0
         while max_batches is None or batches < max_batches:
-            deleted = await self.store.on_writer(lambda raw: archive_batch(raw, cutoff))
+            deleted = await self.store.archive_batch(cutoff)
             if deleted is None:
                 break
             total += deleted
@@ -1073,30 +1071,11 @@ class Ledger:
         one step), and empty the WAL. A database made before auto_vacuum=INCREMENTAL
         needs one full VACUUM first (writers wait for it): `converted` says it ran."""
         archived = await self.archive_holds()
-        converted = await self.store.on_writer(_pragma_value("auto_vacuum")) != 2
-        if converted:
-
-            def convert(raw: sqlite3.Connection) -> None:
-                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
-                raw.execute("VACUUM")
-
-            await self.store.on_writer(convert)
-        freed = 0
-        while True:
-
-            def step(raw: sqlite3.Connection) -> int:
-                before = raw.execute("PRAGMA freelist_count").fetchone()[0]
-                if before:
-                    raw.execute(f"PRAGMA incremental_vacuum({step_pages})").fetchall()
-                return before - raw.execute("PRAGMA freelist_count").fetchone()[0]
-
-            pages = await self.store.on_writer(step)
-            freed += pages
-            if pages == 0:
-                break
-        page_size = await self.store.on_writer(_pragma_value("page_size"))
+        compacted = await self.store.compact(step_pages)
         checkpoint = await self.store.checkpoint("TRUNCATE")
-        return CompactReport(archived, freed * page_size, converted, not checkpoint.busy)
+        return CompactReport(
+            archived, compacted.freed_bytes, compacted.converted, not checkpoint.busy
+        )
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -1167,10 +1146,6 @@ def _process_alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
-
-
-def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
-    return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 def _cap_action(scope: str, subject_id: str) -> str:

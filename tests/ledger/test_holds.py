@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -20,17 +18,18 @@ from ledger import (
 ACCOUNT = "user:42"
 
 
-def _hold_rows(db_path: Path) -> list[tuple[str, str, int | None]]:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        return conn.execute("SELECT hold_id, status, charged FROM holds ORDER BY rowid").fetchall()
+async def _hold_rows(ledger: Ledger) -> list[tuple[str, str, int | None]]:
+    rows = await ledger.store.reader.execute_fetchall(
+        "SELECT hold_id, status, charged FROM holds ORDER BY rowid"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _usage_rows_for(db_path: Path, hold_id: str) -> int:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM token_usage WHERE hold_id = ?", (hold_id,)
-        ).fetchone()
-    return int(count)
+async def _usage_rows_for(ledger: Ledger, hold_id: str) -> int:
+    rows = await ledger.store.reader.execute_fetchall(
+        "SELECT COUNT(*) FROM token_usage WHERE hold_id = ?", (hold_id,)
+    )
+    return int(rows[0][0])
 
 
 # ---- exactly-once resolution ----------------------------------------------------------
@@ -51,7 +50,7 @@ async def test_double_commit_returns_the_first_outcome_and_changes_nothing(
     assert second.available == first.available
     assert await ledger.balance(ACCOUNT) == after_first
     assert after_first.tokens_used == 7_000 and after_first.tokens_held == 0
-    assert _usage_rows_for(db_path, hold.hold_id) == 1
+    assert await _usage_rows_for(ledger, hold.hold_id) == 1
     assert await ledger.verify() == []
 
 
@@ -66,7 +65,7 @@ async def test_commit_after_release_charges_nothing(ledger: Ledger, db_path: Pat
     assert (late.status, late.charged) == ("released", 0)
     balance = await ledger.balance(ACCOUNT)
     assert (balance.tokens_used, balance.tokens_held, balance.available) == (0, 0, 250_000)
-    assert _usage_rows_for(db_path, hold.hold_id) == 1
+    assert await _usage_rows_for(ledger, hold.hold_id) == 1
     assert await ledger.verify() == []
 
 
@@ -106,7 +105,7 @@ async def test_a_commit_after_expiry_is_charged_once_and_a_release_changes_nothi
         assert not late.first
     balance = await ledger.balance(ACCOUNT)
     assert (balance.tokens_used, balance.tokens_held) == (13_000, 2_000)
-    statuses = {hold_id: status for hold_id, status, _ in _hold_rows(db_path)}
+    statuses = {hold_id: status for hold_id, status, _ in await _hold_rows(ledger)}
     assert statuses == {
         hold.hold_id: "expired",
         kept.hold_id: "committed",
@@ -115,10 +114,12 @@ async def test_a_commit_after_expiry_is_charged_once_and_a_release_changes_nothi
     (entry,) = [e for e in await ledger.history(ACCOUNT) if e.tokens_used == 12_000]
     assert entry.status == "charged" and entry.hold_id is None
     assert entry.details == "charged after its hold expired (time to live passed)"
-    with closing(sqlite3.connect(db_path)) as conn:
-        late_rows = conn.execute(
+    late_rows = [
+        (r[0], r[1])
+        for r in await ledger.store.reader.execute_fetchall(
             "SELECT late_hold_id, tokens_used FROM token_usage WHERE late_hold_id IS NOT NULL"
-        ).fetchall()
+        )
+    ]
     assert late_rows == [(hold.hold_id, 12_000)]
     assert await ledger.verify() == []
 
