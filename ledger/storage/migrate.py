@@ -123,8 +123,9 @@ def to_postgres(statement: str) -> list[str]:
             text,
             count=1,
         )
-    if re.match(r"CREATE TABLE token_usage\s*\(", text):
+    if re.match(r"(CREATE TABLE token_usage\s*\(|ALTER TABLE token_usage\b)", text):
         # An archived hold is a referenced row that is gone (SQLite archives with
         # foreign keys off); the audit row stands for it.
         text = text.replace("UNIQUE REFERENCES holds(hold_id)", "UNIQUE")
+        text = text.replace(" REFERENCES holds(hold_id)", "")
     return [text]
