@@ -343,3 +343,40 @@ def test_body_hash_is_of_the_raw_bytes() -> None:
 
     body = encode(subscription("subscription_created"))
     assert parse_event(body).body_sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_an_unappliable_event_is_kept_and_logged_at_warning(
+    sidecar: Sidecar, billing_ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = subscription("subscription_updated")
+    del payload["data"]["attributes"]["updated_at"]
+    with caplog.at_level("WARNING"):
+        status, data = await sidecar.post(payload)
+    assert (status, data["outcome"]) == (200, "invalid")
+    assert any("kept as invalid" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    (row,) = await billing_ledger.store.reader.execute_fetchall(
+        "SELECT outcome, detail, body FROM webhook_events"
+    )
+    assert (row["outcome"], row["detail"]) == ("invalid", "no status or updated_at")
+    assert bytes(row["body"]) == encode(payload)
+
+
+async def test_a_failure_of_ours_keeps_the_body_for_a_replay(
+    sidecar: Sidecar, billing_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.billing import apply
+
+    async def broken(*args: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(apply, "_snapshot", broken)
+    payload = subscription("subscription_created")
+    status, data = await sidecar.post(payload)
+    assert (status, data["outcome"]) == (200, "invalid")
+    (row,) = await billing_ledger.store.reader.execute_fetchall(
+        "SELECT outcome, detail, body FROM webhook_events"
+    )
+    assert row["detail"] == "could not be applied: KeyError" and bytes(row["body"]) == encode(
+        payload
+    )
+    assert (await billing_ledger.balance(ACCOUNT)).plan_type == "free"
