@@ -40,14 +40,24 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from ledger import members
 from ledger.records import Violation
+from ledger.storage import Connection, Row
 
 PAGE = 50_000  # audit rows per read transaction
 ACCOUNT_PAGE = 500
 HOLD_PAGE = 5_000
+
+# A subquery with a LIMIT is not flattened into its aggregate (SQLite; PostgreSQL keeps
+# it too): its rows come from the id range, which is short, and never from a history
+# index that the planner would otherwise walk whole to group by account.
+_ALL = 2**62
+_SUMMED = "account_id, period_seq, status, tokens_used, bonus_delta"
+_SUMS = (
+    "account_id, period_seq,"
+    " SUM(CASE WHEN status = 'charged' THEN tokens_used + bonus_delta ELSE 0 END),"
+    " SUM(bonus_delta)"
+)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -74,14 +84,14 @@ class Outcome:
     accounts: list[tuple[str, int, int, int]]  # (account, period_seq, charged, bonus) to store
 
 
-async def last_checkpoint(conn: aiosqlite.Connection) -> Checkpoint | None:
+async def last_checkpoint(conn: Connection) -> Checkpoint | None:
     rows = await conn.execute_fetchall(
         "SELECT through_usage_id, holds_from FROM verify_state WHERE id = 1"
     )
     return Checkpoint(rows[0][0], rows[0][1]) if rows else None
 
 
-async def _archived_through(conn: aiosqlite.Connection) -> int:
+async def _archived_through(conn: Connection) -> int:
     rows = await conn.execute_fetchall(
         "SELECT value FROM ledger_state WHERE key = 'holds_archived_through'"
     )
@@ -89,7 +99,11 @@ async def _archived_through(conn: aiosqlite.Connection) -> int:
 
 
 async def run(
-    conn: aiosqlite.Connection, *, full: bool, progress: Progress | None = None
+    conn: Connection,
+    *,
+    full: bool,
+    progress: Progress | None = None,
+    dialect: str = "sqlite",
 ) -> Outcome:
     """Check every invariant; `conn` is a reader in autocommit mode."""
     base = None if full else await last_checkpoint(conn)
@@ -100,10 +114,12 @@ async def run(
     touched: set[str] | None = None  # full: every account
     if base is not None:  # the accounts written since the last clean run
         holders = await conn.execute_fetchall(
-            "SELECT DISTINCT account_id FROM holds NOT INDEXED WHERE rowid >= ?", (base.holds_from,)
+            "SELECT DISTINCT account_id FROM (SELECT account_id FROM holds WHERE rowid >= ?"
+            f" LIMIT {_ALL}) AS h",
+            (base.holds_from,),
         )
         touched = set(sums.bonus) | {r[0] for r in holders}
-    found, accounts = await _accounts(conn, base, end, sums, touched, progress)
+    found, accounts = await _accounts(conn, base, end, sums, touched, progress, dialect)
     holds_from, hold_breaches = await _holds(conn, base.holds_from if base else 0, progress)
     found += hold_breaches
     found += await _lost_holds(conn, start, end)
@@ -111,18 +127,14 @@ async def run(
     return Outcome(found, base, Checkpoint(end, holds_from), accounts)
 
 
-async def _sum_log(
-    conn: aiosqlite.Connection, start: int, end: int, progress: Progress | None
-) -> _Sums:
+async def _sum_log(conn: Connection, start: int, end: int, progress: Progress | None) -> _Sums:
     sums = _Sums()
     low = start
     while low < end:
         high = min(end, low + PAGE)
         rows = await conn.execute_fetchall(
-            "SELECT account_id, period_seq,"
-            " SUM(CASE WHEN status = 'charged' THEN tokens_used + bonus_delta ELSE 0 END),"
-            " SUM(bonus_delta) FROM token_usage NOT INDEXED WHERE id > ? AND id <= ?"
-            " GROUP BY account_id, period_seq",
+            f"SELECT {_SUMS} FROM (SELECT {_SUMMED} FROM token_usage WHERE id > ? AND id <= ?"
+            f" LIMIT {_ALL}) AS t GROUP BY account_id, period_seq",
             (low, high),
         )
         for account, seq, charged, bonus in rows:
@@ -137,21 +149,28 @@ async def _sum_log(
 # Incrementally, SQL passes over every account whose counters still equal what the last
 # clean run summed, with nothing held and no row appended since: such an account is
 # settled as it was, and the scan of 10^4 accounts stays in C. The rest go to Python.
-_UNSETTLED = (
-    "AND (v.account_id IS NULL OR u.period_seq != v.period_seq OR u.tokens_used != v.charged"
-    " OR u.bonus_tokens != v.bonus OR u.tokens_held != 0 OR u.tokens_limit < 0"
-    " OR u.tokens_used < 0 OR u.bonus_tokens < 0"
-    " OR u.account_id IN (SELECT value FROM json_each(?)))"
-)
+def _unsettled(dialect: str) -> str:
+    written = (  # the accounts written since, one JSON array parameter
+        "SELECT json_array_elements_text(CAST(? AS json))"
+        if dialect == "postgresql"
+        else "SELECT value FROM json_each(?)"
+    )
+    return (
+        "AND (v.account_id IS NULL OR u.period_seq != v.period_seq"
+        " OR u.tokens_used != v.charged OR u.bonus_tokens != v.bonus OR u.tokens_held != 0"
+        " OR u.tokens_limit < 0 OR u.tokens_used < 0 OR u.bonus_tokens < 0"
+        f" OR u.account_id IN ({written}))"
+    )
 
 
 async def _accounts(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     base: Checkpoint | None,
     end: int,
     sums: _Sums,
     touched: set[str] | None,
     progress: Progress | None,
+    dialect: str,
 ) -> tuple[list[Violation], list[tuple[str, int, int, int]]]:
     found: list[Violation] = []
     stored: list[tuple[str, int, int, int]] = []
@@ -168,20 +187,19 @@ async def _accounts(
                 " (SELECT COALESCE(SUM(h.amount), 0) FROM holds h"
                 "   WHERE h.account_id = u.account_id AND h.status = 'pending') AS pending"
                 " FROM usage_limits u LEFT JOIN verified_accounts v"
-                f" ON v.account_id = u.account_id AND {1 if base else 0}"
-                f" WHERE u.account_id > ? {'' if base is None else _UNSETTLED}"
+                f" ON v.account_id = u.account_id AND {'1 = 1' if base else '1 = 0'}"
+                f" WHERE u.account_id > ? {'' if base is None else _unsettled(dialect)}"
                 " ORDER BY u.account_id LIMIT ?",
                 (after, *(() if base is None else (written,)), ACCOUNT_PAGE),
             )
             if not page:
                 break
-            # Rows appended since the walk's end, in this page's snapshot (NOT INDEXED:
-            # by the id range, which is short, never by the accounts' whole history).
+            # Rows appended since the walk's end, in this page's snapshot: by the id
+            # range, which is short, never by the accounts' whole history.
             late = await conn.execute_fetchall(
-                "SELECT account_id, period_seq,"
-                " SUM(CASE WHEN status = 'charged' THEN tokens_used + bonus_delta ELSE 0 END),"
-                " SUM(bonus_delta) FROM token_usage NOT INDEXED WHERE id > ?"
-                " AND account_id >= ? AND account_id <= ? GROUP BY account_id, period_seq",
+                f"SELECT {_SUMS} FROM (SELECT {_SUMMED} FROM token_usage WHERE id > ?"
+                f" LIMIT {_ALL}) AS t WHERE account_id >= ? AND account_id <= ?"
+                " GROUP BY account_id, period_seq",
                 (end, page[0]["account_id"], page[-1]["account_id"]),
             )
         finally:
@@ -209,7 +227,7 @@ async def _accounts(
     return found, stored
 
 
-def _account_breaches(r: aiosqlite.Row, charged: int, bonus: int) -> list[Violation]:
+def _account_breaches(r: Row, charged: int, bonus: int) -> list[Violation]:
     a = r["account_id"]
     found = [
         Violation(a, f"{name} is negative ({r[name]})")
@@ -232,7 +250,7 @@ def _account_breaches(r: aiosqlite.Row, charged: int, bonus: int) -> list[Violat
 
 
 async def _holds(
-    conn: aiosqlite.Connection, start: int, progress: Progress | None
+    conn: Connection, start: int, progress: Progress | None
 ) -> tuple[int, list[Violation]]:
     """Holds from rowid `start` on; returns where the next run must start: the first
     hold seen pending (it may still change), or past the last one seen."""
@@ -250,12 +268,14 @@ async def _holds(
             )
             breaches = await conn.execute_fetchall(
                 """
-                SELECT h.hold_id, h.account_id, h.status, h.charged, COUNT(t.id) AS entries,
-                       COALESCE(SUM(t.tokens_used), 0) AS logged
-                FROM holds h LEFT JOIN token_usage t ON t.hold_id = h.hold_id
-                WHERE h.rowid > ? AND h.rowid <= ?
-                GROUP BY h.hold_id
-                HAVING (h.status = 'pending' AND entries != 0)
+                SELECT * FROM (
+                  SELECT h.hold_id, h.account_id, h.status, h.charged, COUNT(t.id) AS entries,
+                         COALESCE(SUM(t.tokens_used), 0) AS logged
+                  FROM holds h LEFT JOIN token_usage t ON t.hold_id = h.hold_id
+                  WHERE h.rowid > ? AND h.rowid <= ?
+                  GROUP BY h.hold_id
+                ) AS h  -- a subquery: PostgreSQL's HAVING cannot name the counts
+                WHERE (h.status = 'pending' AND entries != 0)
                     OR (h.status != 'pending' AND entries != 1)
                     OR (h.status = 'committed' AND logged != h.charged)
                     OR (h.status != 'committed' AND logged != 0)
@@ -280,7 +300,7 @@ async def _holds(
     return (first_pending if first_pending is not None else max(start, top + 1)), found
 
 
-async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[Violation]:
+async def _lost_holds(conn: Connection, start: int, end: int) -> list[Violation]:
     """Audit rows of the walk naming a hold that has no row, above the archive's mark
     (read in the same snapshot: archiving may move it while verify runs)."""
     found: list[Violation] = []
@@ -303,7 +323,7 @@ async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[
     return found
 
 
-async def record(conn: aiosqlite.Connection, outcome: Outcome, now: str, mode: str) -> bool:
+async def record(conn: Connection, outcome: Outcome, now: str, mode: str) -> bool:
     """In a write transaction: store a clean run's checkpoint, unless another run stored
     one since this run started (compare and set, so two runs never mix their sums)."""
     if outcome.base is None:
