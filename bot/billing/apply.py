@@ -340,7 +340,10 @@ async def _payment_refund(
     else:
         detail += f" refunded; policy {rules.refund_policy}: the subscription goes on"
     await ledger.note_in(conn, account, "refund", event.provider, detail)
-    before, after = await recompute(ledger, conn, account, rules, f"refund of {invoice.invoice_id}")
+    before = after = None
+    if downgrade:  # only then may the plan move; a refund alone never touches it
+        reason = f"refund of {invoice.invoice_id}"
+        before, after = await recompute(ledger, conn, account, rules, reason)
     log.warning("refund on %s: %s", account, detail)
     return Outcome("refund", account, user, before, after, detail=detail, effect_key=key)
 
