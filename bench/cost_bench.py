@@ -327,7 +327,9 @@ async def _delete_latency(path: Path, chunks: int, batched: bool) -> float:
 
         async def insert(conn: Any) -> tuple[int, int]:
             agent = await repo.insert_agent_in(conn, "guild:1", "Nova", "p", "1")
-            rows = [(i, 1, f"chunk {i} " * 40, os.urandom(1536 * 4)) for i in range(chunks)]
+            rows = [
+                (i, 1, "", False, f"chunk {i} " * 40, os.urandom(1536 * 4)) for i in range(chunks)
+            ]
             return agent.id, await repo.insert_document_in(
                 conn, agent.id, "d", "text", 1, 1, "1", rows
             )
