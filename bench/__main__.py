@@ -19,6 +19,7 @@ MODULES = [
     "bench.webhooks_bench",
     "bench.startup_bench",
     "bench.memory_bench",
+    "bench.cost_bench",
 ]
 
 

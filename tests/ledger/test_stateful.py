@@ -10,7 +10,7 @@ import calendar
 import shutil
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -302,7 +302,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if actual is None:
             actual = self.model_holds[hold_id].amount
         expected = self.settle(hold_id, "committed", actual)
-        assert self.run(self.ledger.commit(hold_id, actual)) == expected
+        # The model has no low-balance alerts: compared without them.
+        result = self.run(self.ledger.commit(hold_id, actual))
+        assert replace(result, alerts=()) == expected
 
     @rule(hold_id=holds)
     def release(self, hold_id: str) -> None:
