@@ -74,7 +74,10 @@ async def _populate(path: Path) -> None:
                 1,
                 12,
                 "7",
-                [(0, 1, "hello", vector), (1, 1, "world", vector[::-1])],
+                [
+                    (0, 1, "page 1", False, "hello", vector),
+                    (1, 1, "page 1", False, "world", vector[::-1]),
+                ],
             )
 
         await ledger.store.write(store)

@@ -32,10 +32,16 @@ class Copied:
 
 async def _sqlite_tables(source: SqliteStore) -> list[str]:
     rows = await source.reader.execute_fetchall(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         " ORDER BY name"
     )
-    names = [r[0] for r in rows if r[0] not in SKIP]
+    # A full-text table (FTS5) and its shadow tables: PostgreSQL indexes the text itself.
+    virtual = [r[0] for r in rows if (r[1] or "").upper().startswith("CREATE VIRTUAL")]
+    names = [
+        r[0]
+        for r in rows
+        if r[0] not in SKIP and not any(r[0] == v or r[0].startswith(v + "_") for v in virtual)
+    ]
     parents: dict[str, set[str]] = {}
     for name in names:
         keys = await source.reader.execute_fetchall(f"PRAGMA foreign_key_list({name})")
