@@ -140,7 +140,7 @@ async def test_remove_frees_storage_without_refund(
 ) -> None:
     await _upload(owner, "notes.md", b"Pulsars spin fast.")
     used = (await services.ledger.balance(ACCOUNT)).tokens_used
-    sent = await owner.run("/docs remove agent:Nova document:notes.md")
+    sent = await owner.run("/docs remove agent:Nova document:notes.md confirm:yes")
     assert "Removed **notes.md**" in text(sent) and "not refunded" in text(sent)
     assert await _stored(services) == (0, 0)
     assert (await services.ledger.balance(ACCOUNT)).tokens_used == used
