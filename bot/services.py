@@ -8,7 +8,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from bot.billing.lemonsqueezy.client import Billing
+from bot.billing.service import Billing
 from bot.config import Config
 from bot.core.admin import AdminService
 from bot.core.agents import AgentService
@@ -18,6 +18,7 @@ from bot.core.balances import BalanceService
 from bot.core.chat import ChatService
 from bot.core.documents.retrieval import Retriever
 from bot.core.documents.service import DocumentService
+from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
 from bot.runtime import open_ledger
@@ -43,6 +44,7 @@ class Services:
     chat: ChatService
     admin: AdminService
     billing: Billing
+    limits: LimitsService
     tidying: asyncio.Task[None] | None = None
 
     @classmethod
@@ -83,6 +85,7 @@ class Services:
             chat=ChatService(config, repo, agents, gateway, meter, retriever),
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
+            limits=LimitsService(config, ledger, repo, meter),
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after
         # start-up, so starting costs the same with 30 or 30,000 agents.

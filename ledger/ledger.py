@@ -204,7 +204,41 @@ class Ledger:
                 period_end=to_text(end),
                 period_seq=row["period_seq"] + 1,
             )
+            await self._audit(
+                conn,
+                row,
+                "period_reset",
+                "ledger",
+                f"the period ended; next to {to_text(end)}",
+                now,
+            )
         return row
+
+    async def _audit(
+        self,
+        conn: aiosqlite.Connection,
+        row: dict[str, Any],
+        operation: str,
+        actor: str,
+        details: str,
+        now: datetime,
+    ) -> None:
+        """A row of the audit trail that moves no tokens (a plan change, a fresh period,
+        a refund), so that `history` and `export` show it beside the charges."""
+        await conn.execute(
+            "INSERT INTO token_usage (account_id, user_id, operation_type, tokens_used,"
+            " bonus_delta, status, period_seq, details, created_at)"
+            " VALUES (?, ?, ?, 0, 0, 'applied', ?, ?, ?)",
+            (row["account_id"], actor, operation, row["period_seq"], details, to_text(now)),
+        )
+
+    async def note_in(
+        self, conn: aiosqlite.Connection, account_id: str, operation: str, actor: str, details: str
+    ) -> None:
+        """An audit row of `operation` (billing's refunds), inside the caller's transaction."""
+        now = self.clock.now()
+        row = await self._account(conn, account_id, now)
+        await self._audit(conn, row, operation, actor, details, now)
 
     async def _journal(
         self,
@@ -496,6 +530,34 @@ class Ledger:
             lambda conn: self._adjust(conn, account_id, amount, amount, actor, reason, "grant")
         )
 
+    async def grant_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        amount: int,
+        actor: str,
+        reason: str,
+        operation: str = "grant",
+    ) -> Adjustment:
+        """`grant` inside the caller's transaction, recorded as `operation` (a token pack)."""
+        check_amount(amount)
+        return await self._adjust(conn, account_id, amount, amount, actor, reason, operation)
+
+    async def revoke_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        amount: int,
+        actor: str,
+        reason: str,
+        operation: str = "revoke",
+    ) -> Adjustment:
+        """`revoke` inside the caller's transaction: at most the bonus left, never below 0."""
+        check_amount(amount)
+        row = await self._account(conn, account_id, self.clock.now())
+        taken = min(amount, row["bonus_tokens"])
+        return await self._adjust(conn, account_id, amount, -taken, actor, reason, operation)
+
     async def revoke(
         self, account_id: str, amount: int, actor: str, reason: str, *, maximum: int | None = None
     ) -> Adjustment:
@@ -503,12 +565,9 @@ class Ledger:
         check_account_id(account_id)
         check_amount(amount, maximum=maximum)
 
-        async def op(conn: aiosqlite.Connection) -> Adjustment:
-            row = await self._account(conn, account_id, self.clock.now())
-            taken = min(amount, row["bonus_tokens"])
-            return await self._adjust(conn, account_id, amount, -taken, actor, reason, "revoke")
-
-        return await self.store.write(op)
+        return await self.store.write(
+            lambda conn: self.revoke_in(conn, account_id, amount, actor, reason)
+        )
 
     async def _adjust(
         self,
@@ -581,19 +640,51 @@ class Ledger:
     ) -> Balance:
         """`set_plan` inside a write transaction the caller already holds (billing uses it
         so that an event's plan change and its record commit together)."""
+        now = self.clock.now()
+        period = None
+        if period_end is not None and period_end > now:
+            period = (now, period_end, period_end)
+        return await self.enter_period_in(conn, account_id, plan, period, actor, reason)
+
+    async def enter_period_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        plan: str,
+        period: tuple[datetime, datetime, datetime] | None,
+        actor: str,
+        reason: str,
+    ) -> Balance:
+        """Put the account on `plan` and, with `period` = (start, end, anchor), in that
+        period: a period other than the current one is fresh (usage back to 0) and later
+        ones step monthly from `anchor`; the same period only takes the new anchor.
+        Without `period` the current period and its usage are kept. Each plan change and
+        each fresh period is a row of the audit trail, with its actor and reason."""
         target = self.plan(plan)
         now = self.clock.now()
         row = await self._account(conn, account_id, now)
-        if period_end is not None and period_end > now:
-            row.update(
-                tokens_used=0,
-                period_start=to_text(now),
-                period_end=to_text(period_end),
-                period_anchor=to_text(period_end),
-                period_seq=row["period_seq"] + 1,
-            )
+        fresh = False
+        if period is not None:
+            start, end, anchor = (to_text(t) for t in period)
+            fresh = (start, end) != (row["period_start"], row["period_end"])
+            if fresh:
+                row.update(
+                    tokens_used=0,
+                    period_start=start,
+                    period_end=end,
+                    period_seq=row["period_seq"] + 1,
+                )
+            row.update(period_anchor=anchor)
         old_plan = row["plan_type"]
         row.update(plan_type=target.name, tokens_limit=target.monthly_tokens)
+        if old_plan != target.name:
+            await self._audit(
+                conn, row, "plan_change", actor, f"{old_plan} -> {target.name}: {reason}", now
+            )
+        if fresh:
+            await self._audit(
+                conn, row, "period_reset", actor, f"{reason}; to {row['period_end']}", now
+            )
         await conn.execute(
             "UPDATE usage_limits SET plan_type = ?, tokens_limit = ?, tokens_used = ?,"
             " period_start = ?, period_end = ?, period_anchor = ?, period_seq = ?,"
@@ -920,6 +1011,13 @@ class Ledger:
     async def usage_by_operation(self, account_id: str) -> dict[str, int]:
         check_account_id(account_id)
         return await queries.usage_by_operation(self.store.reader, account_id, self.clock.now())
+
+    async def usage_by(self, account_id: str, by: str) -> list[tuple[str | None, int]]:
+        """This period's charges by member, agent, operation or day (queries.USAGE_KEYS)."""
+        check_account_id(account_id)
+        if by not in queries.USAGE_KEYS:
+            raise ValueError(f"usage by {by!r}; one of {', '.join(queries.USAGE_KEYS)}")
+        return await queries.usage_by(self.store.reader, account_id, by, self.clock.now())
 
     async def history(self, account_id: str, limit: int = 50) -> list[UsageEntry]:
         check_account_id(account_id)

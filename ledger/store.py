@@ -5,6 +5,8 @@ Promises:
   and only the writer thread touches that connection, so transactions never interleave;
 - operations that arrive while a transaction is running are applied together in the
   next one (group commit): one fsync pays for many of them;
+- each operation runs inside a savepoint of its own: one that raises a domain error
+  (a LedgerError) leaves nothing of what it wrote, and its neighbours still commit;
 - if a batch fails for a reason other than a domain error, it is rolled back whole and
   each operation is retried alone, so one bad operation never fails its neighbours;
 - commits are durable: `synchronous=FULL` in WAL mode fsyncs the log at each commit. A
@@ -232,10 +234,9 @@ class Store:
     async def write(self, op: Operation[T]) -> T:
         """Run `op` inside a write transaction and return its result.
 
-        The operation may be batched with others in one transaction. It must raise a
-        LedgerError only when what it wrote so far is correct to keep (such as creating
-        the account or rolling its period over before refusing a reserve). It may await
-        only the connection it is given.
+        The operation may be batched with others in one transaction. If it raises, none
+        of what it wrote is kept (a LedgerError is its outcome; anything else fails the
+        batch, which is retried op by op). It may await only the connection it is given.
         """
         if self._task is None:
             raise RuntimeError("the ledger is closed")
@@ -309,10 +310,15 @@ class Store:
         outcomes: list[Outcome] = []
         try:
             for op in ops:
+                # A savepoint per operation: a refusal or a failed check after some writes
+                # (a stored document before its charge was refused) must undo them all.
+                raw.execute("SAVEPOINT op")
                 try:
                     outcomes.append((drive(op(self.writer)), None))  # type: ignore[arg-type]
                 except LedgerError as error:
+                    raw.execute("ROLLBACK TO op")
                     outcomes.append((None, error))
+                raw.execute("RELEASE op")
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
@@ -385,6 +391,18 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             raise
         version = number
     return max(version, len(MIGRATIONS))
+
+
+async def apply_migrations(conn: Any, table: str, migrations: list[str]) -> None:
+    """Apply the migrations of a part of the application (its own numbered list, tracked
+    in `table`) inside the caller's write transaction; the ledger's own use user_version."""
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+    rows = await conn.execute_fetchall(f"SELECT MAX(version) FROM {table}")
+    version = rows[0][0] or 0
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        for statement in split_statements(script):
+            await conn.execute(statement)
+        await conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (number,))
 
 
 def split_statements(script: str) -> list[str]:

@@ -27,7 +27,8 @@ from typing import Generic, TypeVar
 import aiosqlite
 
 from bot.config import CostsSettings
-from ledger import Hold, InsufficientTokens, Ledger
+from bot.errors import AIUnusable
+from ledger import BalanceAlert, Hold, InsufficientTokens, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Actor:
     user_id: int
     guild_id: int | None
     can_manage: bool = False  # Manage Server in this guild (or the account's own user in a DM)
+    roles: tuple[int, ...] = ()  # the member's roles in this guild, highest first
+    channel_id: int | None = None  # where they act (a thread's parent channel)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class Meter:
         self.ledger = ledger
         self.costs = costs
         self._settling: set[asyncio.Task[object]] = set()
+        # Set by the limits service: refuses a paid call before anything is held (a
+        # server's required role), and hears of each low-balance threshold crossed.
+        self.gate: Callable[[Actor, str], Awaitable[None]] | None = None
+        self.on_alert: Callable[[BalanceAlert], Awaitable[None]] | None = None
 
     def weighted(self, model: str, tokens: int) -> int:
         """The API's tokens times the model's weight, rounded up: never under-charge."""
@@ -81,6 +88,8 @@ class Meter:
         cost: Callable[[R], int],
         store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
         salvage: Callable[[BaseException], R | None] | None = None,
+        *,
+        agent: str | None = None,
     ) -> Metered[R]:
         """Run one metered call. `cost(result)` is the final charge in tokens; `store`
         writes what the call produced inside the charge's transaction; `salvage(error)`
@@ -91,7 +100,9 @@ class Meter:
             operation,
             estimate,
         )
-        hold = await self._reserve(actor, operation, estimate, model)
+        if self.gate is not None:
+            await self.gate(actor, operation)
+        hold = await self._reserve(actor, operation, estimate, model, agent)
         log.info(
             "%s has %d tokens available after holding %d",
             actor.account_id,
@@ -102,6 +113,9 @@ class Meter:
             log.info("Calling %s for %s on %s", model, operation, actor.account_id)
             result = await call()
             charge = cost(result)
+            if type(charge) is not int or charge < 0:  # never a refund, never a float
+                log.error("%s on %s: %r is not a charge", operation, actor.account_id, charge)
+                raise AIUnusable()
         except BaseException as error:
             reason = (
                 "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__
@@ -138,6 +152,7 @@ class Meter:
         log.info(
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
+        self._raise_alerts(resolution.alerts)
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
 
     async def _commit_partial(
@@ -170,12 +185,22 @@ class Meter:
             log.exception("storing the partial result of %s failed; releasing the hold", operation)
             await self.ledger.release(hold, "storing the partial result failed")
             return None
+        self._raise_alerts(resolution.alerts)
         return Metered(partial, resolution.charged, resolution.available, hold.hold_id)
 
-    async def _reserve(self, actor: Actor, operation: str, amount: int, model: str) -> Hold:
+    async def _reserve(
+        self, actor: Actor, operation: str, amount: int, model: str, agent: str | None
+    ) -> Hold:
         task = asyncio.ensure_future(
             self.ledger.reserve(
-                actor.account_id, amount, operation, actor.user_id, actor.guild_id, model
+                actor.account_id,
+                amount,
+                operation,
+                actor.user_id,
+                actor.guild_id,
+                model,
+                roles=actor.roles,
+                agent=agent,
             )
         )
         try:
@@ -192,7 +217,25 @@ class Meter:
                 error.needed,
                 error.available,
             )
+            self._keep(asyncio.ensure_future(self._note_refusal(actor.account_id)))
             raise
+
+    async def _note_refusal(self, account_id: str) -> None:
+        if self.on_alert is not None:
+            self._raise_alerts(await self.ledger.note_refusal(account_id))
+
+    def _raise_alerts(self, alerts: tuple[BalanceAlert, ...]) -> None:
+        """Deliver the most severe of the thresholds one charge crossed (in the background:
+        the member's answer does not wait for the managers' alert)."""
+        if alerts and self.on_alert is not None:
+            self._keep(asyncio.ensure_future(self._deliver(alerts[-1])))
+
+    async def _deliver(self, alert: BalanceAlert) -> None:
+        assert self.on_alert is not None
+        try:
+            await self.on_alert(alert)
+        except Exception:  # an alert that cannot be delivered must not break a command
+            log.exception("could not deliver the low-balance alert of %s", alert.account_id)
 
     def _release_late(self, task: asyncio.Future[Hold]) -> None:
         if task.cancelled() or task.exception() is not None:
