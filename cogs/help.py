@@ -36,6 +36,8 @@ def command_lines(tree: app_commands.CommandTree, config: Any, guild: Any) -> li
     for command in found:
         leaves = command.walk_commands() if isinstance(command, app_commands.Group) else [command]
         for leaf in leaves:
+            if not isinstance(leaf, app_commands.Command):
+                continue  # a subgroup: its commands come in the walk too
             name = leaf.qualified_name
             if name in seen or name.startswith("admin") or name == "help":
                 continue
