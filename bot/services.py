@@ -21,6 +21,7 @@ from bot.core.documents.service import DocumentService
 from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
+from bot.core.usage import UsageService
 from bot.runtime import open_ledger
 from ledger import Clock, Ledger
 
@@ -45,6 +46,7 @@ class Services:
     admin: AdminService
     billing: Billing
     limits: LimitsService
+    usage: UsageService
     tidying: asyncio.Task[None] | None = None
 
     @classmethod
@@ -86,6 +88,7 @@ class Services:
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
             limits=LimitsService(config, ledger, repo, meter),
+            usage=UsageService(ledger),
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after
         # start-up, so starting costs the same with 30 or 30,000 agents.
