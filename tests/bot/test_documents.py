@@ -156,7 +156,7 @@ async def test_concurrent_uploads_never_pass_the_chunk_cap(
     await _upload(owner, "first.txt", document)
     _, per_document = await _stored(services)
     assert per_document > 1
-    await owner.run("/docs remove agent:Nova document:first.txt")
+    await owner.run("/docs remove agent:Nova document:first.txt confirm:yes")
     services.config.limits.max_chunks_per_account = 2 * per_document
     before = fake_openai.count("embeddings")
     gate = fake_openai.gate("embeddings")
