@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import aiosqlite
-
 from bot.config import CostsSettings
 from bot.errors import AIUnusable
 from ledger import BalanceAlert, Hold, InsufficientTokens, Ledger
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class Meter:
         model: str,
         call: Callable[[], Awaitable[R]],
         cost: Callable[[R], int],
-        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
+        store: Callable[[Connection, R], Awaitable[None]] | None = None,
         salvage: Callable[[BaseException], R | None] | None = None,
         *,
         agent: str | None = None,
@@ -135,7 +134,7 @@ class Meter:
             raise
         log.info("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
-        async def commit(conn: aiosqlite.Connection):
+        async def commit(conn: Connection):
             if store is not None:
                 await store(conn, result)
             return await self.ledger.commit_in(conn, hold, charge)
@@ -162,7 +161,7 @@ class Meter:
         hold: Hold,
         partial: R,
         cost: Callable[[R], int],
-        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None,
+        store: Callable[[Connection, R], Awaitable[None]] | None,
         reason: str,
     ) -> Metered[R] | None:
         charge = cost(partial)
@@ -174,7 +173,7 @@ class Meter:
             charge,
         )
 
-        async def commit(conn: aiosqlite.Connection):
+        async def commit(conn: Connection):
             if store is not None:
                 await store(conn, partial)
             return await self.ledger.commit_in(conn, hold, charge, f"partial: {reason}")
@@ -217,8 +216,12 @@ class Meter:
                 error.needed,
                 error.available,
             )
-            self._keep(asyncio.ensure_future(self._note_refusal(actor.account_id)))
+            self.refused(actor.account_id)
             raise
+
+    def refused(self, account_id: str) -> None:
+        """The pool could not pay for a call: the 0% alert may be due (in the background)."""
+        self._keep(asyncio.ensure_future(self._note_refusal(account_id)))
 
     async def _note_refusal(self, account_id: str) -> None:
         if self.on_alert is not None:
