@@ -20,6 +20,7 @@ MODULES = [
     "bench.startup_bench",
     "bench.memory_bench",
     "bench.cost_bench",
+    "bench.chat_bench",
 ]
 
 

@@ -8,8 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.agents import NAME_MAX, PROMPT_MAX
+from bot.core.agents import NAME_MAX, PROMPT_MAX, AgentSummary
 from bot.core.repository import Agent
+from bot.front.confirm import confirmed
 from bot.front.replies import COLOR_OK, actor_of, reply
 from cogs._base import FeatureCog, agent_names
 
@@ -121,9 +122,29 @@ class AgentsCog(FeatureCog):
     @agent.command(name="delete", description="Delete an agent, its avatar and its documents")
     @app_commands.autocomplete(name=agent_names)
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
-        agent = await self.services.agents.delete(actor_of(interaction), name)
+        actor = actor_of(interaction)
+        summary = await self.services.agents.summary(actor, name)
+        if not await confirmed(interaction, f"Delete {summary.agent.name}?", self._losses(summary)):
+            return
+        agent = await self.services.agents.delete(actor, name)
         self.services.avatars.remove_file(agent)
         await reply(interaction, f"🗑️ Deleted **{agent.name}**.", ephemeral=True)
+
+    def _losses(self, summary: AgentSummary) -> list[str]:
+        agent = summary.agent
+        lost = [f"**{agent.name}** and its persona, and its conversations"]
+        if agent.avatar_source == "generated":
+            cost = self.services.config.costs.avatar_generation
+            lost.append(f"its generated avatar (at least {cost:,} tokens were spent on it)")
+        elif agent.avatar_source == "uploaded":
+            lost.append("its uploaded avatar")
+        if summary.documents:
+            lost.append(
+                f"{summary.documents:,} documents and their {summary.chunks:,} chunks "
+                f"({summary.document_tokens:,} tokens were spent learning them)"
+            )
+        lost.append("Tokens already spent are not refunded.")
+        return lost
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import InvalidInput
+from bot.front.confirm import confirmed
 from bot.front.replies import COLOR_OK, actor_of, reply
 from cogs._base import FeatureCog, agent_names
 
@@ -97,7 +98,15 @@ class DocumentsCog(FeatureCog):
     )
     @app_commands.autocomplete(agent=agent_names, document=document_names)
     async def remove(self, interaction: discord.Interaction, agent: str, document: str) -> None:
-        removed = await self.services.documents.remove(actor_of(interaction), agent, document)
+        actor = actor_of(interaction)
+        owner, found = await self.services.documents.find(actor, agent, document)
+        lost = [
+            f"**{found.name}** from {owner.name}'s documents, with its {found.chunks:,} chunks",
+            f"the {found.tokens:,} tokens spent learning it (not refunded)",
+        ]
+        if not await confirmed(interaction, f"Remove {found.name[:200]}?", lost):
+            return
+        removed = await self.services.documents.remove(actor, agent, str(found.id))
         await reply(
             interaction,
             f"🗑️ Removed **{removed.name}** and its {removed.chunks:,} chunks. "

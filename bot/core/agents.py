@@ -61,9 +61,12 @@ def check_prompt(raw: str) -> str:
 
 @dataclass(frozen=True)
 class AgentSummary:
+    """What an agent holds, and so what deleting it loses."""
+
     agent: Agent
     documents: int
     chunks: int
+    document_tokens: int = 0  # spent on learning its documents
 
 
 class AgentService:
@@ -121,6 +124,12 @@ class AgentService:
         agent = await self.get_editable(actor, name)
         await self.repo.delete_agent(agent.id)
         return agent
+
+    async def summary(self, actor: Actor, name: str) -> AgentSummary:
+        """The agent a member may delete, with what deleting it would lose."""
+        agent = await self.get_editable(actor, name)
+        documents, chunks, tokens = await self.repo.agent_losses(agent.id)
+        return AgentSummary(agent, documents, chunks, tokens)
 
     async def list(self, actor: Actor) -> list[Agent]:
         return await self.repo.agents(actor.account_id)

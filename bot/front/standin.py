@@ -20,6 +20,8 @@ import discord
 from discord import app_commands
 from discord.enums import AppCommandOptionType as Opt
 
+from bot.front.confirm import press
+
 
 @dataclass
 class Sent:
@@ -172,6 +174,12 @@ class StandInResponse:
     async def send_message(self, content: str | None = None, **kwargs: Any) -> None:
         self._answer()
         self._interaction.transcript.add(_sent("message", content, kwargs, self._interaction))
+        self._interaction.answer_view(kwargs.get("view"))
+
+    async def edit_message(self, content: str | None = None, **kwargs: Any) -> None:
+        """A component's answer: the message it sits on is edited."""
+        self._answer()
+        self._interaction.transcript.add(_sent("edit", content, kwargs, self._interaction))
 
     async def send_modal(self, modal: discord.ui.Modal) -> None:
         self._answer()
@@ -188,6 +196,7 @@ class StandInFollowup:
         sent = self._interaction.transcript.add(
             _sent("followup", content, kwargs, self._interaction)
         )
+        self._interaction.answer_view(kwargs.get("view"))
         return StandInMessage(self._interaction, sent)
 
 
@@ -247,6 +256,30 @@ class StandInInteraction:
         self.followup = StandInFollowup(self)
         self.locale = discord.Locale.american_english
         self.command: Any = None
+        self.confirm_answer: str | None = None  # the console's `confirm:` option
+
+    def follow_on(self) -> StandInInteraction:
+        """The next interaction of the same member here (a modal's submit, a button)."""
+        return StandInInteraction(
+            self.client,
+            self.user,
+            self.guild,
+            self.permissions,
+            self.transcript,
+            channel_id=self.channel_id,
+        )
+
+    def answer_view(self, view: Any) -> None:
+        """A confirmation was asked: answer it as the command's `confirm:` option says
+        (pressing its button, as the member would), or let it expire without one."""
+        button = press(view, self.confirm_answer)
+        if button is None:
+            return
+        if button == "expire":
+            view.stop()  # value stays None: what a timeout leaves
+            return
+        clicker = self.follow_on()
+        self._pressing = asyncio.ensure_future(button.callback(clicker))
 
     def client_allowed_mentions(self) -> discord.AllowedMentions | None:
         return getattr(self.client, "allowed_mentions", None)
@@ -260,14 +293,7 @@ class StandInInteraction:
             if isinstance(item, discord.ui.TextInput):
                 if item.custom_id in self.modal_answers:
                     item._value = self.modal_answers[item.custom_id]  # what Discord's submit sets
-        submit = StandInInteraction(
-            self.client,
-            self.user,
-            self.guild,
-            self.permissions,
-            self.transcript,
-            channel_id=self.channel_id,
-        )
+        submit = self.follow_on()
         submit.extras = self.extras
         try:
             await modal.on_submit(submit)  # type: ignore[arg-type]
@@ -346,6 +372,7 @@ class CommandRunner:
 
     async def invoke(self, path: list[str], options: dict[str, Any]) -> list[Sent]:
         command = self.find(path)
+        options = dict(options)
         transcript = Transcript()
         transcript.listener = self.listener
         interaction = StandInInteraction(
@@ -358,6 +385,8 @@ class CommandRunner:
             channel_id=self.channel_id,
         )
         interaction.command = command
+        confirm = options.pop("confirm", None)  # answers a confirmation, not an option
+        interaction.confirm_answer = confirm if isinstance(confirm, str) else None
         if self.channel is not None:
             interaction.channel = self.channel
             interaction.channel_id = self.channel.id

@@ -63,10 +63,14 @@ class EditBudget:
         self._used: dict[int, deque[float]] = {}
 
     def _recent(self, channel_id: int) -> deque[float]:
-        stamps = self._used.setdefault(channel_id, deque())
+        stamps = self._used.get(channel_id)
+        if stamps is None:
+            return deque()
         now = self.clock()
         while stamps and stamps[0] <= now - self.window:
             stamps.popleft()
+        if not stamps:  # a quiet channel is forgotten: the map holds busy channels only
+            del self._used[channel_id]
         return stamps
 
     def wait_for(self, channel_id: int) -> float:
@@ -79,7 +83,7 @@ class EditBudget:
     def take(self, channel_id: int) -> bool:
         if self.wait_for(channel_id) > 0:
             return False
-        self._recent(channel_id).append(self.clock())
+        self._used.setdefault(channel_id, deque()).append(self.clock())
         return True
 
 

@@ -109,7 +109,7 @@ async def test_only_creator_or_manager_edits_and_deletes(
     member = as_user(MEMBER)
     sent = await member.invoke(["agent", "edit"], {"name": "Nova", "prompt": "hijacked"})
     assert "Only Nova's creator or a member with Manage Server" in text(sent)
-    sent = await member.run("/agent delete name:Nova")
+    sent = await member.run("/agent delete name:Nova confirm:yes")
     assert "Only Nova's creator" in text(sent)
     agent = await services.repo.agent(f"guild:{GUILD}", "Nova")
     assert agent is not None and agent.prompt == "original"
@@ -119,7 +119,7 @@ async def test_only_creator_or_manager_edits_and_deletes(
     assert "Updated" in text(sent)
     agent = await services.repo.agent(f"guild:{GUILD}", "Nova")
     assert agent is not None and agent.prompt == "rewritten"
-    assert "Deleted" in text(await manager.run("/agent delete name:Nova"))
+    assert "Deleted" in text(await manager.run("/agent delete name:Nova confirm:yes"))
     assert await services.repo.agent(f"guild:{GUILD}", "Nova") is None
 
 

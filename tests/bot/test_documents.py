@@ -152,7 +152,7 @@ async def test_remove_frees_storage_without_refund(
 ) -> None:
     await _upload(owner, "notes.md", b"Pulsars spin fast.")
     used = (await services.ledger.balance(ACCOUNT)).tokens_used
-    sent = await owner.run("/docs remove agent:Nova document:notes.md")
+    sent = await owner.run("/docs remove agent:Nova document:notes.md confirm:yes")
     assert "Removed **notes.md**" in text(sent) and "not refunded" in text(sent)
     assert await _stored(services) == (0, 0)
     assert (await services.ledger.balance(ACCOUNT)).tokens_used == used
@@ -306,7 +306,7 @@ async def test_concurrent_uploads_never_pass_the_chunk_cap(
     await _upload(owner, "first.txt", document)
     _, per_document = await _stored(services)
     assert per_document > 1
-    await owner.run("/docs remove agent:Nova document:first.txt")
+    await owner.run("/docs remove agent:Nova document:first.txt confirm:yes")
     services.config.limits.max_chunks_per_account = 2 * per_document
     before = fake_openai.count("embeddings")
     gate = fake_openai.gate("embeddings")

@@ -60,7 +60,7 @@ async def test_work_in_flight_for_a_deleted_agent_never_lands_in_a_new_one(
     avatar = asyncio.ensure_future(owner.run("/avatar generate agent:Nova"))
     await fake_openai.received("embeddings")
     await fake_openai.received("images")
-    await owner.run("/agent delete name:Nova")
+    await owner.run("/agent delete name:Nova confirm:yes")
     other = as_user(OWNER_B, guild_id=GUILD_B)
     await other.run('/agent create name:Orion prompt:"A gardener"')
     embeddings.set()

@@ -249,6 +249,10 @@ class FakeOpenAI:
                 self.hook("completed", record)
             if endpoint == "chat" and body.get("stream"):
                 return await self._stream(request, body, payload, record)
+            if endpoint == "chat" and self.chunk_delay:
+                # Unstreamed, the answer comes when all of it is written: the same time.
+                text = payload["choices"][0]["message"]["content"]
+                await asyncio.sleep(self.chunk_delay * len(_PIECE.findall(text)))
             if self.trickle:
                 return await self._trickled(request, payload)
             return web.json_response(payload)

@@ -28,7 +28,7 @@ from bot.core.documents.readers import Extracted
 from bot.core.documents.retrieval import Retriever, to_blob
 from bot.core.documents.workers import ExtractionPool, WorkerLimits
 from bot.core.metering import Actor, Meter
-from bot.core.repository import Document, Repository
+from bot.core.repository import Agent, Document, Repository
 from bot.errors import InvalidInput, NotFound
 from ledger.storage import Connection
 
@@ -215,6 +215,13 @@ class DocumentService:
         return await self.repo.documents(agent.id)
 
     async def remove(self, actor: Actor, agent_name: str, document: str) -> Document:
+        agent, found = await self.find(actor, agent_name, document)
+        await self.repo.delete_document(agent.id, found.id)
+        self.retriever.invalidate(agent.id)
+        return found
+
+    async def find(self, actor: Actor, agent_name: str, document: str) -> tuple[Agent, Document]:
+        """A document the member may remove (by id or name), before removing it."""
         agent = await self.agents.get_editable(actor, agent_name)
         documents = await self.repo.documents(agent.id)
         wanted = document.strip()
@@ -225,9 +232,7 @@ class DocumentService:
             raise NotFound(
                 f"{agent.name} has no document {wanted[:NAME_MAX]}. `/docs list` shows them."
             )
-        await self.repo.delete_document(agent.id, match[0].id)
-        self.retriever.invalidate(agent.id)
-        return match[0]
+        return agent, match[0]
 
 
 def _check_room(new: int, stored: int, limits: LimitsSettings) -> None:
