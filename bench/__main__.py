@@ -13,6 +13,7 @@ from bench.report import Figure, table
 # In the order the table shows them; each module has a `run(quick)` and a `cli`.
 MODULES = [
     "bench.ledger_bench",
+    "bench.caps_bench",
     "bench.metering_bench",
     "bench.documents_bench",
     "bench.webhooks_bench",
