@@ -14,6 +14,7 @@ from bench.report import Figure, table
 MODULES = [
     "bench.ledger_bench",
     "bench.postgres_bench",
+    "bench.caps_bench",
     "bench.metering_bench",
     "bench.documents_bench",
     "bench.webhooks_bench",

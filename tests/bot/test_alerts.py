@@ -132,3 +132,29 @@ async def test_alerts_are_not_repeated_after_a_restart(
         assert await again.ledger.note_refusal(ACCOUNT) == ()
     finally:
         await again.close()
+
+
+async def test_the_console_prints_an_alert_after_the_command_that_raised_it(
+    tmp_path: Any, app_config: Config, services: Services, fake_openai: Any
+) -> None:
+    import io
+
+    from bot.front.console import run_console
+
+    await _spend_to(services, 196_000)
+    output = io.StringIO()
+    script = '/agent create name:Nova prompt:"A patient astronomer"\n/avatar generate agent:Nova\n'
+    await run_console(
+        app_config,
+        user_id=OWNER,
+        guild_id=GUILD,
+        out_dir=tmp_path / "out",
+        lines=io.StringIO(script),
+        output=output,
+        services=services,
+    )
+    printed = output.getvalue()
+    assert printed.count("(low-balance alert, to a DM to the owner)") == 1
+    assert "⚠️ This server has 49,000 of its 250,000 monthly tokens left" in printed
+    assert "[Upgrade to Pro](https://shop.example/checkout/buy/pro?" in printed
+    assert printed.index("Avatar generated") < printed.index("low-balance alert")

@@ -1,0 +1,83 @@
+"""Reserve+commit pairs per second with members' caps set, against the same without caps,
+in one run: what checking a cap inside the reserve's transaction costs.
+
+Both sides run the same workload through the real ledger (every reserve names a member
+and three roles, so the member counters are kept either way); the capped side has a
+default cap, a cap on each role and one per member, all generous enough that nothing is
+refused: we measure the happy path. The sides alternate, three rounds each, and each keeps its
+best round, so a slow moment of the machine does not land on one side only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import Figure, cli
+from ledger import Ledger, Plan
+
+PLANS = {"free": Plan("free", 10**15, 3), "pro": Plan("pro", 10**15, 0)}
+ACCOUNTS = [f"guild:{n}" for n in range(1, 11)]
+ROLES = (301, 302, 303)
+RESERVE, CHARGE = 1_000, 700
+TASKS = 10
+ROUNDS = 3
+
+
+async def _prepare(path: Path, capped: bool) -> None:
+    """Accounts (and caps), written in a session of their own: closing it checkpoints the
+    log, so both sides start their timed part from the same state."""
+    async with await Ledger.open(path, PLANS) as ledger:
+        for account in ACCOUNTS:
+            await ledger.record(account, "avatar_upload")
+            if not capped:
+                continue
+            await ledger.set_cap(account, "default", "", 10**12, actor="bench", reason="x")
+            for role in ROLES:
+                await ledger.set_cap(account, "role", role, 10**12, actor="bench", reason="x")
+            for user in range(TASKS):
+                await ledger.set_cap(account, "member", user, 10**12, actor="bench", reason="x")
+
+
+async def _rate(path: Path, pairs: int) -> float:
+    async with await Ledger.open(path, PLANS) as ledger:
+        per_task = pairs // TASKS
+
+        async def worker(user: int) -> None:
+            for n in range(per_task):
+                account = ACCOUNTS[(user + n) % len(ACCOUNTS)]
+                hold = await ledger.reserve(account, RESERVE, "chat", user_id=user, roles=ROLES)
+                await ledger.commit(hold, CHARGE)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(u) for u in range(TASKS)))
+        return per_task * TASKS / (time.perf_counter() - started)
+
+
+async def _measure(quick: bool) -> list[Figure]:
+    pairs = 300 if quick else 3_000
+    best = {False: 0.0, True: 0.0}
+    with tempfile.TemporaryDirectory(prefix="caps-bench-") as tmp:
+        for round_ in range(ROUNDS):
+            for capped in best:
+                await _prepare(Path(tmp, f"{capped}-{round_}.db"), capped)
+        for round_ in range(ROUNDS):
+            for capped in (False, True):
+                rate = await _rate(Path(tmp, f"{capped}-{round_}.db"), pairs)
+                best[capped] = max(best[capped], rate)
+    ratio = best[True] / best[False]
+    return [
+        Figure("caps", f"no caps, {TASKS} tasks, pairs/s", best[False], "/s"),
+        Figure("caps", f"caps set, {TASKS} tasks, pairs/s", best[True], "/s"),
+        Figure("caps", "ratio caps / no caps", ratio, "x", ">= 0.9", ratio >= 0.9),
+    ]
+
+
+def run(quick: bool) -> list[Figure]:
+    return asyncio.run(_measure(quick))
+
+
+if __name__ == "__main__":
+    cli(run)
