@@ -1,7 +1,8 @@
 """`python -m bot ...`: the bot, the sidecar, the console, `check`, and the ledger CLI.
 
-Exit codes: 0 done, 1 `ledger verify` found violations, 2 a usage or configuration
-problem (one line on stderr, never a traceback).
+Exit codes: 0 done, 1 `ledger verify` found violations or `check` found something `run`
+needs missing, 2 a usage, configuration or database problem (one line on stderr, never a
+traceback).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
+import os
 import re
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bot.config import Config, ConfigError, load
-from bot.runtime import open_ledger
+from bot.logs import setup_logging
+from bot.runtime import StartupError, database_fault, open_ledger
 from ledger import InvalidAccount, LedgerError, check_account_id
 
 EXIT_USAGE = 2
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=50)
     actions.add_parser("export", help="the whole audit log as CSV on standard output")
+    backup = actions.add_parser("backup", help="a consistent copy of the database, while it runs")
+    backup.add_argument("path", help="the file to write (must not exist)")
     actions.add_parser("sweep", help="release holds of stopped processes")
     actions.add_parser("verify", help="check every ledger invariant; exit 1 on a violation")
     return parser
@@ -70,17 +75,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     command = args.command or "run"
+    config: Config | None = None
     try:
         config = load(args.config)
         handler = COMMANDS[command]
         return handler(config, args)
-    except (ConfigError, UsageError) as error:
+    except (ConfigError, UsageError, StartupError) as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    except sqlite3.DatabaseError as error:
+        assert config is not None  # loading the configuration opens no database
+        print(database_fault(config, error), file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `ledger export | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 
@@ -98,19 +112,22 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
-    """Validate the configuration and the database; print the invite URL."""
+    """Validate the configuration and the database; print the invite URL. Exit 1 when
+    something `run` needs is missing or malformed, naming what and where."""
     from bot.front.app import application_id_from_token, invite_url
 
-    print(f"configuration: ok ({args.config or 'config.toml'})")
+    source = config.source
+    print(f"configuration: {source} (read)" if source else "configuration: no file; defaults")
 
     async def database() -> list[str]:
-        async with await open_ledger(config, "cli") as ledger:
+        async with await open_ledger(config, "cli", check_pages=True) as ledger:
             return [str(v) for v in await ledger.verify()]
 
     violations = asyncio.run(database())
     print(f"database: {config.storage.database} ({'ok' if not violations else 'VIOLATIONS'})")
     for violation in violations:
         print(f"  {violation}")
+    problems = _missing(config)
     for name in (
         "discord_token",
         "openai_api_key",
@@ -122,9 +139,45 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     token = config.secrets.discord_token
     app_id = application_id_from_token(token.get_secret_value()) if token else None
     print(f"invite URL: {invite_url(app_id or 'YOUR_APPLICATION_ID')}")
-    if app_id is None:
-        print("  (set DISCORD_TOKEN to fill in your application id)")
-    return 1 if violations else 0
+    for problem in problems:
+        print(f"missing: {problem}")
+    return 1 if violations or problems else 0
+
+
+_ENV_WHERE = "(in the environment or the .env beside the configuration file)"
+
+
+def _missing(config: Config) -> list[str]:
+    """What `run` needs and does not have, each as where to put it."""
+    from bot.front.app import application_id_from_token
+
+    secrets, shop = config.secrets, config.lemonsqueezy
+    problems = []
+    token = secrets.discord_token
+    if token is None:
+        problems.append(f"DISCORD_TOKEN is not set {_ENV_WHERE}")
+    elif application_id_from_token(token.get_secret_value()) is None:
+        problems.append(
+            "DISCORD_TOKEN is not a bot token (its first part must be the application id): "
+            "copy it again from the developer portal, Bot > Reset Token"
+        )
+    if secrets.openai_api_key is None:
+        problems.append(f"OPENAI_API_KEY is not set {_ENV_WHERE}")
+    api_key = secrets.lemonsqueezy_api_key
+    billing = bool(api_key or secrets.lemonsqueezy_webhook_secret or shop.store_id)
+    billing = billing or bool(shop.variant_id or shop.checkout_url)
+    if billing:
+        if not shop.checkout_url and not (api_key and shop.store_id and shop.variant_id):
+            problems.append(
+                "no checkout: set lemonsqueezy.checkout_url, or LEMONSQUEEZY_API_KEY with "
+                "lemonsqueezy.store_id and lemonsqueezy.variant_id"
+            )
+        if secrets.lemonsqueezy_webhook_secret is None:
+            problems.append(
+                f"LEMONSQUEEZY_WEBHOOK_SECRET is not set {_ENV_WHERE}: every webhook would "
+                "be refused and no payment would reach the ledger"
+            )
+    return problems
 
 
 def _webhooks(config: Config, args: argparse.Namespace) -> int:
@@ -165,6 +218,8 @@ def _ledger(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(
             f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
         )
+    if args.action == "backup":
+        return _backup(config, args.path)
     account = _account(args.account) if hasattr(args, "account") else None
     amount = _amount(args.amount, config) if hasattr(args, "amount") else None
     try:
@@ -173,14 +228,36 @@ def _ledger(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
 
 
+def _backup(config: Config, target: str) -> int:
+    from ledger.backup import BackupError, backup
+
+    try:
+        report = backup(config.storage.database, target)
+    except BackupError as error:
+        raise UsageError(f"backup: {error}") from None
+    except OSError as error:
+        raise UsageError(f"backup: {target}: {error.strerror or error}") from None
+    print(
+        f"backup of {config.storage.database} written to {report.path} ({report.size_bytes} bytes)"
+    )
+    return 0
+
+
 async def _ledger_action(
     config: Config, args: argparse.Namespace, account: str | None, amount: int | None
 ) -> int:
     actor = f"cli:{getpass.getuser()}"
-    async with await open_ledger(config, "cli") as ledger:
+    # verify reads every page first: a damaged file is not "ok" (exit 2, not 1).
+    checked = args.action == "verify"
+    async with await open_ledger(config, "cli", check_pages=checked) as ledger:
         match args.action:
             case "balance":
                 assert account is not None
+                if not args.json and not await ledger.history(account, 1):
+                    # balance() would show a fresh account whose period starts now.
+                    # (--json keeps its one shape: what the first use would create.)
+                    print(f"{account} has no activity yet")
+                    return 0
                 balance = await ledger.balance(account)
                 if args.json:
                     print(json.dumps(balance.to_json()))

@@ -49,7 +49,7 @@ class Services:
         clock: Clock | None = None,
         kind: str = "bot",
     ) -> Services:
-        ledger = await open_ledger(config, kind, clock=clock)
+        ledger = await open_ledger(config, kind, clock=clock, check_pages=True)
         try:
             repo = Repository(ledger.store)
             await repo.migrate()

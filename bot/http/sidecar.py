@@ -1,4 +1,7 @@
-"""The HTTP sidecar: LemonSqueezy webhooks, `/healthz`, and (from the bot) avatars.
+"""The HTTP sidecar: LemonSqueezy webhooks, `/healthz`, the agents' avatars, `/metrics`.
+
+Every connection passes bot/http/guard.py's limits (header and body timeouts, a cap on
+connections), so slow clients can't exhaust the process it shares with the bot.
 
 `POST /webhooks/lemonsqueezy`, in this order: a body over 1 MB is 413; no signing
 secret configured refuses everything (503: we cannot tell a real event from a forgery);
@@ -23,7 +26,9 @@ from aiohttp import web
 
 import bot
 from bot.config import Config
-from bot.runtime import open_ledger
+from bot.http.avatars import avatar_routes
+from bot.http.guard import ConnectionGuard, GuardedSite, connection_limit
+from bot.runtime import StartupError, open_ledger
 from ledger import Ledger
 from ledger.store import is_busy
 from ledger.subscriptions import BillingEvent, EventOutcome, apply_event
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 Notifier = Callable[[str, str | None, str, str], Awaitable[None]]
 Routes = Callable[[web.Application], None]
+GUARD = web.AppKey("guard", ConnectionGuard)
 
 
 class InvalidEvent(ValueError):
@@ -83,7 +89,11 @@ def build_app(
     routes: Routes | None = None,
 ) -> web.Application:
     secret = config.secrets.lemonsqueezy_webhook_secret
-    app = web.Application(client_max_size=MAX_BODY)
+    guard = ConnectionGuard(
+        connection_limit(config.webhooks.max_connections), config.webhooks.body_timeout_seconds
+    )
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware])
+    app[GUARD] = guard
     notifying: set[asyncio.Future[None]] = set()
 
     async def lemonsqueezy(request: web.Request) -> web.Response:
@@ -127,7 +137,7 @@ def build_app(
             outcome.account_id or "",
         )
         if notifier is not None and outcome.plan_changed and outcome.account_id:
-            task = asyncio.ensure_future(_notify(notifier, outcome))
+            task = asyncio.ensure_future(_notify(notifier, outcome, config))
             notifying.add(task)  # keep a reference until it is done
             task.add_done_callback(notifying.discard)
         return web.json_response({"ok": True, "outcome": outcome.outcome})
@@ -143,15 +153,22 @@ def build_app(
 
     app.router.add_post("/webhooks/lemonsqueezy", lemonsqueezy)
     app.router.add_get("/healthz", healthz)
+    app.router.add_routes(avatar_routes(config.data_path("avatars")))
     if routes is not None:
         routes(app)
     return app
 
 
-async def _notify(notifier: Notifier, outcome: EventOutcome) -> None:
+def pro_active_message(config: Config) -> str:
+    pro = config.plans.pro
+    agents = "unlimited agents" if pro.max_agents == 0 else f"up to {pro.max_agents:,} agents"
+    return f"🎉 Pro is active: {pro.monthly_tokens:,} tokens a month and {agents}. Thank you!"
+
+
+async def _notify(notifier: Notifier, outcome: EventOutcome, config: Config) -> None:
     assert outcome.account_id is not None and outcome.plan_after is not None
     if outcome.plan_after == "pro":
-        message = "🎉 Pro is active: 10,000,000 tokens a month and unlimited agents. Thank you!"
+        message = pro_active_message(config)
     else:
         message = "Your Pro subscription has ended; this account is back on the free plan."
     try:
@@ -163,23 +180,44 @@ async def _notify(notifier: Notifier, outcome: EventOutcome) -> None:
 async def start_sidecar(
     config: Config, ledger: Ledger, notifier: Notifier | None = None, routes: Routes | None = None
 ) -> web.AppRunner:
-    runner = web.AppRunner(build_app(config, ledger, notifier, routes), access_log=None)
+    app = build_app(config, ledger, notifier, routes)
+    # aiohttp arms its keep-alive timer when a connection opens: a client that has not
+    # sent a whole request head by then is closed. That is our header timeout.
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=config.webhooks.header_timeout_seconds
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.webhooks.host, config.webhooks.port)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    log.info("webhook sidecar listening on http://%s:%s", host, port)
+    host, port = config.webhooks.host, config.webhooks.port
+    site = GuardedSite(runner, host, port, app[GUARD])
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise StartupError(
+            f"the sidecar cannot listen on {host}:{port}: {error.strerror or error} "
+            "(webhooks.host / webhooks.port, or BOT_WEBHOOKS__PORT)"
+        ) from None
+    if config.secrets.lemonsqueezy_webhook_secret is None:
+        log.warning(
+            "LEMONSQUEEZY_WEBHOOK_SECRET is not set: every webhook will be refused (503) "
+            "until it is; avatars and /healthz are served"
+        )
     return runner
+
+
+def listening_on(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
 
 
 async def serve_alone(config: Config) -> int:
     """`python -m bot webhooks`: the sidecar in its own process, on the same database."""
-    ledger = await open_ledger(config, "webhooks")
+    ledger = await open_ledger(config, "webhooks", check_pages=True)
     try:
         ledger.start_maintenance()
         runner = await start_sidecar(config, ledger)
-        host, port = runner.addresses[0][:2]
-        print(f"listening on http://{host}:{port}", flush=True)
+        # The one line that says it listens (stdout: scripts and tests wait for it).
+        print(f"listening on {listening_on(runner)}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

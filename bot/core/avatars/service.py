@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +136,9 @@ class AvatarService:
         return AvatarResult(updated, png, 0, balance.available)
 
     def _new_path(self, agent: Agent) -> Path:
-        return self.folder / f"{agent.id}-{uuid.uuid4().hex[:12]}.png"
+        # A random name per version, no agent id in it: the sidecar serves avatars by
+        # file name, so the name is the URL and must not be guessable (bot/http/avatars).
+        return self.folder / f"{secrets.token_urlsafe(18)}.png"
 
     def remove_file(self, agent: Agent) -> None:
         """Delete a deleted agent's avatar file."""
