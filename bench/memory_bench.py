@@ -74,9 +74,9 @@ async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> 
         result: dict[str, Any] = {"open": opened}
         if sample or every:
             rows = await services.repo.store.reader.execute_fetchall(
-                "SELECT id FROM agents ORDER BY id"
+                "SELECT account_id, id FROM agents ORDER BY id"
             )
-            agents = [int(r[0]) for r in rows]
+            agents = [(str(r[0]), int(r[1])) for r in rows]
             retriever = services.retriever
             if every:  # both bounds lifted, so that the cache holds everyone
                 retriever.max_cached = len(agents)
@@ -88,8 +88,9 @@ async def _bot_child(database: str, data_dir: str, sample: int, every: bool) -> 
             await asyncio.to_thread(top_indices, queries, queries[0], 1)
             result["ready"] = _rss()
             started = time.perf_counter()
-            for index, agent_id in enumerate(agents):
-                if not await retriever.top_k(agent_id, queries[index % len(queries)], k=5):
+            for index, (account_id, agent_id) in enumerate(agents):
+                query = queries[index % len(queries)]
+                if not await retriever.top_k(account_id, agent_id, query, k=5):
                     raise RuntimeError(f"agent {agent_id} retrieved nothing")
                 if index == 0:  # one cold load alone: its time, its peak, what it keeps
                     result["first"] = {

@@ -15,6 +15,7 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     backup = actions.add_parser("backup", help="a consistent copy of the database, while it runs")
     backup.add_argument("path", help="the file to write (must not exist)")
     actions.add_parser("sweep", help="release holds of stopped processes")
-    actions.add_parser("verify", help="check every ledger invariant; exit 1 on a violation")
+    verify = actions.add_parser(
+        "verify",
+        help="check every ledger invariant (what changed since the last clean run);"
+        " exit 1 on a violation",
+    )
+    verify.add_argument("--full", action="store_true", help="walk the whole audit log")
     return parser
 
 
@@ -119,12 +125,22 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     source = config.source
     print(f"configuration: {source} (read)" if source else "configuration: no file; defaults")
 
-    async def database() -> list[str]:
+    async def database() -> list[str] | None:
+        # Only what changed since the last clean `ledger verify`: check stays quick on a
+        # ledger of any age. Never verified: say so rather than walk the whole log here.
+        # (SQLite's quick_check of every page is cheap beside that, and a damaged file
+        # must stop here, not at the first command.)
         async with await open_ledger(config, "cli", check_pages=True) as ledger:
+            if not await ledger.verified_before():
+                return None
             return [str(v) for v in await ledger.verify()]
 
-    violations = asyncio.run(database())
-    print(f"database: {config.storage.database} ({'ok' if not violations else 'VIOLATIONS'})")
+    found = asyncio.run(database())
+    violations = found or []
+    state = "ok" if not violations else "VIOLATIONS"
+    if found is None:
+        state = "ok, never verified: run `python -m bot ledger verify`"
+    print(f"database: {config.storage.database} ({state})")
     for violation in violations:
         print(f"  {violation}")
     problems = _missing(config)
@@ -287,7 +303,8 @@ async def _ledger_action(
                         f" bonus{e.bonus_delta:+} {e.model_used or ''} {e.details or ''}".rstrip()
                     )
             case "export":
-                await ledger.export_csv(sys.stdout)
+                with Progress("export", "rows") as progress:
+                    await ledger.export_csv(sys.stdout, progress=progress.ids)
             case "sweep":
                 report = await ledger.sweep()
                 print(
@@ -295,7 +312,8 @@ async def _ledger_action(
                     f"{report.expired} expired holds ({report.tokens_freed} tokens)"
                 )
             case "verify":
-                violations = await ledger.verify()
+                with Progress("verify", "") as progress:
+                    violations = await ledger.verify(full=args.full, progress=progress.phase)
                 for violation in violations:
                     print(violation)
                 if violations:
@@ -303,6 +321,39 @@ async def _ledger_action(
                 print("ledger ok")
     return 0
 
+
+class Progress:
+    """A progress line on standard error, redrawn at most every PROGRESS_SECONDS, and only
+    when standard error is a terminal (a pipe or a log file gets nothing)."""
+
+    def __init__(self, what: str, unit: str, stream: Any = None) -> None:
+        self.what, self.unit = what, unit
+        self.stream = stream or sys.stderr
+        self.shown = self.stream.isatty()
+        self.last = 0.0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown and self.last:
+            self.stream.write("\r\x1b[K")  # clear the line before the result is printed
+            self.stream.flush()
+
+    def ids(self, done: int, total: int) -> None:
+        self.phase(self.unit, done, total)
+
+    def phase(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.shown or (now - self.last < PROGRESS_SECONDS and done < total):
+            return
+        self.last = now
+        share = 100 * done // total if total else 100
+        self.stream.write(f"\r\x1b[K{self.what}: {phase} {share}% ({done:,}/{total:,})")
+        self.stream.flush()
+
+
+PROGRESS_SECONDS = 0.2
 
 COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "run": _run,

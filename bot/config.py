@@ -103,6 +103,7 @@ class OpenAISettings(_Section):
     timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     max_retries: int = Field(default=2, ge=0, le=10)
     max_connections: int = Field(default=64, ge=1, le=1000)
+    vision_model: str = ""  # chat with an image attached; empty: chat_model
 
     @field_validator("image_model")
     @classmethod
@@ -156,6 +157,17 @@ class LimitsSettings(_Section):
     max_grant: int = Field(default=100_000_000, ge=1)
 
 
+class ChatSettings(_Section):
+    stream: bool = True  # edit the answer in place as it is written
+    edit_interval_seconds: float = Field(default=1.0, ge=0.2, le=60)  # per message
+    channel_edits: int = Field(default=5, ge=1)  # edits and sends per channel per window
+    channel_window_seconds: float = Field(default=5.0, gt=0, le=300)
+    history_budget: int = Field(default=2000, ge=0)  # tokens of earlier turns sent along
+    retrieval_depth: int = Field(default=5, ge=0, le=50)  # document excerpts per answer
+    image_side: int = Field(default=1024, ge=64, le=4096)  # longer side sent to the model
+    image_hold_tokens: int = Field(default=3000, ge=0)  # held per image before the call
+
+
 class Secrets(BaseSettings):
     """Secrets under their plain names; SecretStr keeps them out of reprs and logs."""
 
@@ -181,6 +193,7 @@ class Config(BaseSettings):
     admins: AdminsSettings = AdminsSettings()
     discord: DiscordSettings = DiscordSettings()
     limits: LimitsSettings = LimitsSettings()
+    chat: ChatSettings = ChatSettings()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     # The file actually read (None: no file, the defaults and the environment only).
     _source: Path | None = PrivateAttr(default=None)

@@ -3,6 +3,8 @@ by every front end (the Discord bot, the console, the tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -23,6 +25,8 @@ from ledger import Clock, Ledger
 
 log = logging.getLogger(__name__)
 
+TIDY_DELAY_SECONDS = 60.0
+
 
 @dataclass
 class Services:
@@ -39,6 +43,7 @@ class Services:
     chat: ChatService
     admin: AdminService
     billing: Billing
+    tidying: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -79,13 +84,25 @@ class Services:
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
         )
-        try:
-            await services.avatars.sweep_files()
-        except OSError:  # a tidy-up: never a reason not to start
-            log.exception("could not sweep unused avatar files")
+        # A tidy-up whose cost grows with the agents: in the background, a while after
+        # start-up, so starting costs the same with 30 or 30,000 agents.
+        services.tidying = asyncio.get_running_loop().create_task(
+            services._tidy_later(TIDY_DELAY_SECONDS), name="avatar-sweep"
+        )
         return services
 
+    async def _tidy_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.avatars.sweep_files()
+        except Exception:  # a tidy-up: never a reason to stop
+            log.exception("could not sweep unused avatar files")
+
     async def close(self) -> None:
+        if self.tidying is not None:
+            self.tidying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.tidying
         try:
             await self.meter.drain()
             await self.ai.close()

@@ -6,7 +6,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.billing.lemonsqueezy.client import Subscription
 from bot.core.balances import TokenView
+from bot.core.metering import Actor
 from bot.front.replies import COLOR_OK, actor_of, reply, upgrade_view
 from cogs._base import FeatureCog
 from ledger.subscriptions import parse_time
@@ -66,7 +68,7 @@ class TokensCog(FeatureCog):
         )
         balance = await services.ledger.balance(actor.account_id)
         if balance.plan_type == "pro":
-            await self._already_pro(interaction, actor.account_id, embed)
+            await self._already_pro(interaction, actor, embed)
             return
         if not actor.can_manage:
             embed.description = (
@@ -81,13 +83,21 @@ class TokensCog(FeatureCog):
         await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)
 
     async def _already_pro(
-        self, interaction: discord.Interaction, account_id: str, embed: discord.Embed
+        self, interaction: discord.Interaction, actor: Actor, embed: discord.Embed
     ) -> None:
         billing = self.bot.services.billing
-        subscription = await billing.subscription(account_id)
+        subscription = await billing.subscription(actor.account_id)
         view = None
         embed.description = "This account is on Pro."
-        if subscription is not None:
+        if subscription is not None and not _may_manage(actor, subscription):
+            # The portal link is a login to the buyer's billing (cancel, change plan,
+            # invoices): only the buyer and the server's managers get it.
+            cancelled = subscription.status == "cancelled"
+            stamp = _timestamp(subscription.ends_at if cancelled else subscription.renews_at)
+            embed.description = (
+                f"This server is on Pro until {stamp}." if stamp else ("This server is on Pro.")
+            )
+        elif subscription is not None:
             cancelled = subscription.status == "cancelled"
             stamp = _timestamp(subscription.ends_at if cancelled else subscription.renews_at)
             if stamp:
@@ -100,6 +110,10 @@ class TokensCog(FeatureCog):
                 view = discord.ui.View()
                 view.add_item(discord.ui.Button(label="Manage subscription", url=portal))
         await reply(interaction, embed=embed, view=view, ephemeral=True)
+
+
+def _may_manage(actor: Actor, subscription: Subscription) -> bool:
+    return actor.can_manage or subscription.user_id == str(actor.user_id)
 
 
 def _timestamp(text: str | None) -> str | None:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import aiosqlite
 
 from ledger import queries
+from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
 from ledger.clock import Clock, SystemClock, from_text, to_text
 from ledger.errors import HoldNotFound, InsufficientTokens, UnknownPlan
@@ -675,11 +676,30 @@ class Ledger:
         check_account_id(account_id)
         return await queries.history(self.store.reader, account_id, limit)
 
-    async def export_csv(self, out: Any) -> int:
-        return await queries.export_csv(self.store.reader, out)
+    async def export_csv(
+        self,
+        out: Any,
+        *,
+        page: int = queries.EXPORT_PAGE,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        return await queries.export_csv(self.store.reader, out, page=page, progress=progress)
 
-    async def verify(self) -> list[Violation]:
-        return await queries.verify(self.store.reader)
+    async def verified_before(self) -> bool:
+        """Whether a clean verify has recorded a checkpoint to start from."""
+        return await verifier.last_checkpoint(self.store.reader) is not None
+
+    async def verify(
+        self, *, full: bool = False, progress: verifier.Progress | None = None
+    ) -> list[Violation]:
+        """The invariants: incremental from the last clean run (recorded in the ledger),
+        or the whole log with `full`. A clean run records itself for the next one."""
+        outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+        if not outcome.violations:
+            mode = "incremental" if outcome.base else "full"
+            now = to_text(self.clock.now())
+            await self.store.write(lambda conn: verifier.record(conn, outcome, now, mode))
+        return outcome.violations
 
 
 def _process_alive(pid: int) -> bool:

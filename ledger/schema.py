@@ -123,4 +123,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_events_object ON webhook_events(event_name, object_id);
     """,
+    # 3: verify's checkpoint (ledger/verify.py): the last clean run, each account's sums
+    # through it, and the ledger's own small state (the archive's watermark).
+    """
+    CREATE TABLE verify_state (
+        id               INTEGER PRIMARY KEY CHECK (id = 1),
+        through_usage_id INTEGER NOT NULL,  -- audit rows summed through this id
+        holds_from       INTEGER NOT NULL,  -- holds below this rowid were resolved and checked
+        mode             TEXT NOT NULL,     -- full | incremental
+        finished_at      TEXT NOT NULL
+    );
+    CREATE TABLE verified_accounts (
+        account_id  TEXT PRIMARY KEY,
+        period_seq  INTEGER NOT NULL,
+        charged     INTEGER NOT NULL,  -- allowance part of period_seq's charges
+        bonus       INTEGER NOT NULL   -- sum of bonus_delta
+    );
+    CREATE TABLE ledger_state (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """,
+    # 4: "usage by operation this period" (/tokens, /admin usage) read from the index
+    # alone, so its cost follows the period's rows, not the account's age.
+    """
+    CREATE INDEX token_usage_period
+        ON token_usage(account_id, period_seq, status, operation_type, tokens_used);
+    """,
 ]

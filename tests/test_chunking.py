@@ -8,7 +8,13 @@ from itertools import pairwise
 
 import pytest
 
-from bot.core.documents.chunking import Chunk, chunk, estimate_tokens
+from bot.core.documents.chunking import Chunk, chunk
+from bot.core.tokens import count_tokens
+
+
+def estimate_tokens(text: str) -> int:
+    return count_tokens(text, "text-embedding-3-small")
+
 
 TARGET = 250
 OVERLAP = 30
@@ -34,20 +40,10 @@ def assert_well_formed(chunks: list[Chunk], target: int = TARGET) -> None:
         assert c.index == number
         assert c.text and c.text == c.text.strip()
         assert "  " not in c.text and "\n\n" not in c.text and "\t" not in c.text
-        assert c.token_estimate == estimate_tokens(c.text)
-        assert c.token_estimate <= target
+        assert c.tokens == estimate_tokens(c.text)
+        assert c.tokens <= target
     for c in chunks[:-1]:
-        assert c.token_estimate >= target // 3, "chunks should be reasonably full"
-
-
-def test_estimate_tokens() -> None:
-    assert estimate_tokens("") == 0
-    assert estimate_tokens("abcd") == 1
-    assert estimate_tokens("abcde") == 2
-    assert estimate_tokens("x" * 1000) == 250
-    # Other scripts count one token a character: generous, never under-held.
-    assert estimate_tokens("日本語") == 3
-    assert estimate_tokens("héllo") == 2  # 4 ASCII characters, 1 other
+        assert c.tokens >= target // 3, "chunks should be reasonably full"
 
 
 def test_empty_input_gives_no_chunks() -> None:
@@ -57,7 +53,7 @@ def test_empty_input_gives_no_chunks() -> None:
 
 def test_short_text_is_one_chunk_with_whitespace_normalized() -> None:
     result = chunk(["  Hello\tthere,\r\n  world.  \n\n\n  Second   paragraph.  "])
-    assert result == [Chunk(0, 1, "Hello there, world.\nSecond paragraph.", 10)]
+    assert result == [Chunk(0, 1, "Hello there, world.\nSecond paragraph.", 8)]
 
 
 def test_is_deterministic() -> None:
@@ -69,7 +65,7 @@ def test_chunks_are_within_bounds() -> None:
     chunks = chunk([prose(seed, 15) for seed in range(4)])
     assert len(chunks) > 10
     assert_well_formed(chunks)
-    average = sum(c.token_estimate for c in chunks) / len(chunks)
+    average = sum(c.tokens for c in chunks) / len(chunks)
     assert 150 <= average <= TARGET
 
 
@@ -153,15 +149,17 @@ def test_two_megabyte_single_line_chunks_quickly() -> None:
     assert len(line) > 2_000_000 and "\n" not in line
     chunks = chunk([line])
     assert_well_formed(chunks)
-    # About 1,000 characters of new text each: ~2,000+ chunks of nearly full size.
-    assert 2_000 <= len(chunks) <= 3_000
-    assert all(c.token_estimate >= 200 for c in chunks[:-1])
+    # About 220 tokens of new text each (250 less the overlap): chunks of nearly full size.
+    total = estimate_tokens(line)
+    assert total / TARGET <= len(chunks) <= total / 200
+    assert all(c.tokens >= 200 for c in chunks[:-1])
 
 
 def test_text_without_spaces_is_cut_mid_word() -> None:
     chunks = chunk(["x" * 2_000_000])
     assert_well_formed(chunks)
-    assert 2_000 <= len(chunks) <= 2_500
+    total = estimate_tokens("x" * 2_000_000)
+    assert total / TARGET <= len(chunks) <= total / 180
 
 
 def test_non_latin_scripts_stay_within_bounds() -> None:

@@ -1,5 +1,7 @@
 """The AI gateway: one `AsyncOpenAI` client behind three calls (image, chat, embeddings),
-each returning its result with the API's own usage figures.
+each returning its result with the API's own usage figures. Chat can also stream: each
+piece of text goes to a callback as it arrives, and the usage comes from the stream's
+usage chunk (asked for with `stream_options.include_usage`).
 
 Errors become domain errors: a content-policy refusal is `ContentRejected`; rate limits,
 5xx, timeouts, connection errors and answers we cannot use are `AIUnavailable`. No raw
@@ -13,6 +15,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +108,13 @@ class AIGateway:
         return ImageResult(png, model, total)
 
     async def chat(
-        self, messages: list[dict[str, str]], max_completion_tokens: int | None = None
+        self,
+        messages: list[dict[str, Any]],
+        max_completion_tokens: int | None = None,
+        *,
+        model: str | None = None,
     ) -> ChatResult:
-        model = self.settings.chat_model
+        model = model or self.settings.chat_model
         with _mapped("chat", model):
             answer = await self.client.chat.completions.create(
                 model=model,
@@ -128,6 +135,52 @@ class AIGateway:
         )
         return ChatResult(
             text, model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+        )
+
+    async def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        on_text: Callable[[str], Awaitable[None]],
+        max_completion_tokens: int | None = None,
+        *,
+        model: str | None = None,
+    ) -> ChatResult:
+        """Stream a chat answer: `on_text` gets each piece as it arrives. A stream that
+        breaks, or ends without its usage chunk, raises AIUnavailable: what `on_text` got
+        until then is all the caller has (and what a partial charge counts)."""
+        model = model or self.settings.chat_model
+        pieces: list[str] = []
+        usage = None
+        with _mapped("chat stream", model):
+            stream = await self.client.chat.completions.create(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                max_completion_tokens=max_completion_tokens or self.settings.max_completion_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices[:1]:
+                        piece = choice.delta.content or choice.delta.refusal
+                        if piece:
+                            pieces.append(piece)
+                            await on_text(piece)
+            finally:
+                await stream.close()
+        if usage is None:
+            log.error("the chat stream of %s ended without its usage chunk", model)
+            raise AIUnavailable()
+        log.info(
+            "chat stream from %s: %d prompt + %d completion tokens",
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+        return ChatResult(
+            "".join(pieces), model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
         )
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:

@@ -8,6 +8,11 @@
 
 Settling is shielded from cancellation: a member who gives up (or a shutdown) must not
 leave a hold pending until the sweeper finds it.
+
+A call that delivered part of its work before it failed or was cancelled (a streamed
+answer cut off) is charged for that part: `salvage(error)` says what was delivered, the
+charge is `cost` of it, committed once and recorded as partial; then the error goes on
+(as `Salvaged`, or as the cancellation itself).
 """
 
 from __future__ import annotations
@@ -47,6 +52,15 @@ class Metered(Generic[R]):
     hold_id: str
 
 
+class Salvaged(Exception, Generic[R]):
+    """The call failed after delivering part of its work, and that part was charged."""
+
+    def __init__(self, metered: Metered[R], cause: BaseException) -> None:
+        super().__init__(f"partial result charged ({type(cause).__name__})")
+        self.metered = metered
+        self.cause = cause
+
+
 class Meter:
     def __init__(self, ledger: Ledger, costs: CostsSettings) -> None:
         self.ledger = ledger
@@ -66,9 +80,11 @@ class Meter:
         call: Callable[[], Awaitable[R]],
         cost: Callable[[R], int],
         store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
+        salvage: Callable[[BaseException], R | None] | None = None,
     ) -> Metered[R]:
         """Run one metered call. `cost(result)` is the final charge in tokens; `store`
-        writes what the call produced inside the charge's transaction."""
+        writes what the call produced inside the charge's transaction; `salvage(error)`
+        is what a failed call delivered anyway (None: nothing, charge nothing)."""
         log.info(
             "💰 Checking token balance for %s (%s, %d tokens)",
             actor.account_id,
@@ -90,6 +106,14 @@ class Meter:
             reason = (
                 "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__
             )
+            partial = salvage(error) if salvage is not None else None
+            if partial is not None:
+                metered = await self._settle(
+                    self._commit_partial(actor, operation, hold, partial, cost, store, reason)
+                )
+                if metered is not None and not isinstance(error, asyncio.CancelledError):
+                    raise Salvaged(metered, error) from error
+                raise
             log.info(
                 "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
             )
@@ -115,6 +139,38 @@ class Meter:
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
+
+    async def _commit_partial(
+        self,
+        actor: Actor,
+        operation: str,
+        hold: Hold,
+        partial: R,
+        cost: Callable[[R], int],
+        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None,
+        reason: str,
+    ) -> Metered[R] | None:
+        charge = cost(partial)
+        log.info(
+            "✂️ %s on %s broke off (%s); charging the %d tokens delivered",
+            operation,
+            actor.account_id,
+            reason,
+            charge,
+        )
+
+        async def commit(conn: aiosqlite.Connection):
+            if store is not None:
+                await store(conn, partial)
+            return await self.ledger.commit_in(conn, hold, charge, f"partial: {reason}")
+
+        try:
+            resolution = await self.ledger.store.write(commit)
+        except Exception:
+            log.exception("storing the partial result of %s failed; releasing the hold", operation)
+            await self.ledger.release(hold, "storing the partial result failed")
+            return None
+        return Metered(partial, resolution.charged, resolution.available, hold.hold_id)
 
     async def _reserve(self, actor: Actor, operation: str, amount: int, model: str) -> Hold:
         task = asyncio.ensure_future(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import aiosqlite
 
+from bot.errors import NotFound
 from ledger.store import Store, split_statements
 
 APP_MIGRATIONS: list[str] = [
@@ -71,6 +72,105 @@ APP_MIGRATIONS: list[str] = [
         created_at      TEXT NOT NULL
     );
     CREATE INDEX turns_conversation ON turns(conversation_id, id);
+    """,
+    # 2 (chat): a conversation whose agent was deleted is remembered, so that its
+    # thread can say so instead of falling silent.
+    """
+    CREATE TABLE retired_conversations (
+        thread_key  TEXT PRIMARY KEY,
+        agent_name  TEXT NOT NULL,
+        retired_at  TEXT NOT NULL
+    );
+    """,
+    # 3: deleting an agent cascades to its conversations: found by index, not by a scan.
+    """
+    CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
+    # 4: ids are never reused (AUTOINCREMENT): a row deleted while work for it is in
+    # flight must never be mistaken for a new one that took its id (issue 10, finding 3).
+    # Each agent gets documents_version, bumped in the transaction of every change to its
+    # documents: the retrieval cache's key. SQLite adds AUTOINCREMENT only by rebuilding
+    # a table. The new tables are built beside the old ones, filled with the same ids, and
+    # the old ones dropped children first, so no ON DELETE CASCADE fires on live rows;
+    # renaming a table rewrites the references to it in the others.
+    """
+    CREATE TABLE agents_v2 (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id    TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        name_key      TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        creator_id    TEXT NOT NULL,
+        avatar_path   TEXT,
+        avatar_source TEXT CHECK (avatar_source IN ('generated', 'uploaded')),
+        avatar_version INTEGER NOT NULL DEFAULT 0,
+        documents_version INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        UNIQUE (account_id, name_key)
+    );
+    CREATE TABLE documents_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id    INTEGER NOT NULL REFERENCES agents_v2(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        pages       INTEGER NOT NULL,
+        chunks      INTEGER NOT NULL,
+        tokens      INTEGER NOT NULL,
+        uploader_id TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE chunks_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        document_id INTEGER NOT NULL REFERENCES documents_v2(id) ON DELETE CASCADE,
+        agent_id    INTEGER NOT NULL,
+        idx         INTEGER NOT NULL,
+        page        INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        embedding   BLOB NOT NULL
+    );
+    CREATE TABLE conversations_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        thread_key  TEXT NOT NULL UNIQUE,
+        agent_id    INTEGER NOT NULL REFERENCES agents_v2(id) ON DELETE CASCADE,
+        account_id  TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE turns_v2 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id INTEGER NOT NULL REFERENCES conversations_v2(id) ON DELETE CASCADE,
+        role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content         TEXT NOT NULL,
+        tokens          INTEGER NOT NULL,
+        created_at      TEXT NOT NULL
+    );
+    INSERT INTO agents_v2 (id, account_id, name, name_key, prompt, creator_id, avatar_path,
+        avatar_source, avatar_version, created_at, updated_at)
+        SELECT id, account_id, name, name_key, prompt, creator_id, avatar_path, avatar_source,
+        avatar_version, created_at, updated_at FROM agents;
+    INSERT INTO documents_v2 SELECT id, agent_id, name, kind, pages, chunks, tokens,
+        uploader_id, created_at FROM documents;
+    INSERT INTO chunks_v2 SELECT id, document_id, agent_id, idx, page, text, embedding
+        FROM chunks;
+    INSERT INTO conversations_v2 SELECT id, thread_key, agent_id, account_id, created_at
+        FROM conversations;
+    INSERT INTO turns_v2 SELECT id, conversation_id, role, content, tokens, created_at
+        FROM turns;
+    DROP TABLE turns;
+    DROP TABLE chunks;
+    DROP TABLE documents;
+    DROP TABLE conversations;
+    DROP TABLE agents;
+    ALTER TABLE agents_v2 RENAME TO agents;
+    ALTER TABLE documents_v2 RENAME TO documents;
+    ALTER TABLE chunks_v2 RENAME TO chunks;
+    ALTER TABLE conversations_v2 RENAME TO conversations;
+    ALTER TABLE turns_v2 RENAME TO turns;
+    CREATE INDEX documents_agent ON documents(agent_id);
+    CREATE INDEX chunks_agent ON chunks(agent_id);
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX turns_conversation ON turns(conversation_id, id);
+    CREATE INDEX conversations_agent ON conversations(agent_id);
     """,
 ]
 
@@ -154,6 +254,17 @@ class Repository:
         )
         return _agent(rows[0])
 
+    async def require_agent_in(
+        self, conn: aiosqlite.Connection, account_id: str, agent_id: int
+    ) -> None:
+        """Inside a commit's transaction: the agent still exists in this account, or
+        AgentGone, so nothing is stored into (or charged for) an agent deleted meanwhile."""
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM agents WHERE id = ? AND account_id = ?", (agent_id, account_id)
+        )
+        if not rows:
+            raise AgentGone(agent_id)
+
     async def agent(self, account_id: str, name: str) -> Agent | None:
         rows = await self.store.reader.execute_fetchall(
             "SELECT * FROM agents WHERE account_id = ? AND name_key = ?",
@@ -185,9 +296,26 @@ class Repository:
         )
 
     async def delete_agent(self, agent_id: int) -> None:
-        await self.store.write(
-            lambda conn: conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO retired_conversations (thread_key, agent_name, retired_at)"
+                " SELECT c.thread_key, a.name, ? FROM conversations c JOIN agents a"
+                " ON a.id = c.agent_id WHERE c.agent_id = ?"
+                " ON CONFLICT (thread_key) DO NOTHING",
+                (_now(), agent_id),
+            )
+            await conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+
+        await self.store.write(op)
+
+    async def agent_losses(self, agent_id: int) -> tuple[int, int, int]:
+        """What deleting an agent loses: (documents, chunks, tokens spent on them)."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(SUM(chunks), 0), COALESCE(SUM(tokens), 0)"
+            " FROM documents WHERE agent_id = ?",
+            (agent_id,),
         )
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def set_avatar_in(
         self, conn: aiosqlite.Connection, agent_id: int, path: str, source: str
@@ -233,6 +361,7 @@ class Repository:
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(document_id, agent_id, i, page, text, vector) for i, page, text, vector in chunks],
         )
+        await _bump_documents_version(conn, agent_id)
         return document_id
 
     async def documents(self, agent_id: int) -> list[Document]:
@@ -242,11 +371,13 @@ class Repository:
         return [Document(**dict(r)) for r in rows]
 
     async def delete_document(self, agent_id: int, document_id: int) -> None:
-        await self.store.write(
-            lambda conn: conn.execute(
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
                 "DELETE FROM documents WHERE id = ? AND agent_id = ?", (document_id, agent_id)
             )
-        )
+            await _bump_documents_version(conn, agent_id)
+
+        await self.store.write(op)
 
     async def chunk_count(self, account_id: str) -> int:
         rows = await self.store.reader.execute_fetchall(
@@ -256,28 +387,37 @@ class Repository:
         )
         return int(rows[0][0])
 
-    async def documents_version(self, agent_id: int) -> tuple[int, int]:
-        """Changes whenever the agent's documents do: the retrieval cache's key."""
+    async def documents_version(self, account_id: str, agent_id: int) -> DocumentsVersion | None:
+        """The retrieval cache's key: bumped in the transaction of every change to the
+        agent's documents. None when the account has no such agent (deleted, or never
+        its own), which every process sees at its next read."""
         rows = await self.store.reader.execute_fetchall(
-            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM documents WHERE agent_id = ?", (agent_id,)
+            "SELECT a.documents_version, EXISTS (SELECT 1 FROM chunks c WHERE c.agent_id = a.id)"
+            " FROM agents a WHERE a.id = ? AND a.account_id = ?",
+            (agent_id, account_id),
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return DocumentsVersion(int(rows[0][0]), bool(rows[0][1])) if rows else None
 
-    async def chunk_vectors(self, agent_id: int) -> list[tuple[int, bytes]]:
+    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes]]:
         rows = await self.store.reader.execute_fetchall(
-            "SELECT id, embedding FROM chunks WHERE agent_id = ? ORDER BY id", (agent_id,)
+            "SELECT c.id, c.embedding FROM chunks c JOIN agents a ON a.id = c.agent_id"
+            " WHERE c.agent_id = ? AND a.account_id = ? ORDER BY c.id",
+            (agent_id, account_id),
         )
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
-    async def chunk_texts(self, chunk_ids: list[int]) -> dict[int, tuple[str, int, str]]:
-        """id -> (text, page, document name)."""
+    async def chunk_texts(
+        self, account_id: str, agent_id: int, chunk_ids: list[int]
+    ) -> dict[int, tuple[str, int, str]]:
+        """id -> (text, page, document name), of this agent's chunks only."""
         if not chunk_ids:
             return {}
         marks = ", ".join("?" * len(chunk_ids))
         rows = await self.store.reader.execute_fetchall(
-            f"SELECT c.id, c.text, c.page, d.name FROM chunks c JOIN documents d"
-            f" ON d.id = c.document_id WHERE c.id IN ({marks})",
-            chunk_ids,
+            "SELECT c.id, c.text, c.page, d.name FROM chunks c"
+            " JOIN documents d ON d.id = c.document_id JOIN agents a ON a.id = d.agent_id"
+            f" WHERE c.agent_id = ? AND a.account_id = ? AND c.id IN ({marks})",
+            (agent_id, account_id, *chunk_ids),
         )
         return {int(r[0]): (r[1], int(r[2]), r[3]) for r in rows}
 
@@ -301,6 +441,32 @@ class Repository:
         )
         return int(rows[0][0])
 
+    async def retired_agent(self, thread_key: str) -> str | None:
+        """The name of the deleted agent this thread talked with, if it was one."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT agent_name FROM retired_conversations WHERE thread_key = ?", (thread_key,)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def delete_conversation(self, thread_key: str) -> int:
+        """Forget a conversation (its turns go with it); returns the turns forgotten."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            rows = await conn.execute_fetchall(
+                "SELECT COUNT(*) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+                " WHERE c.thread_key = ?",
+                (thread_key,),
+            )
+            await conn.execute(
+                "DELETE FROM turns WHERE conversation_id IN"
+                " (SELECT id FROM conversations WHERE thread_key = ?)",
+                (thread_key,),
+            )
+            await conn.execute("DELETE FROM conversations WHERE thread_key = ?", (thread_key,))
+            return int(rows[0][0])
+
+        return await self.store.write(op)
+
     async def recent_turns(self, conversation_id: int, limit: int = 50) -> list[Turn]:
         rows = await self.store.reader.execute_fetchall(
             "SELECT role, content, tokens FROM turns WHERE conversation_id = ?"
@@ -318,6 +484,29 @@ class Repository:
             " VALUES (?, ?, ?, ?, ?)",
             [(conversation_id, t.role, t.content, t.tokens, now) for t in turns],
         )
+
+
+@dataclass(frozen=True)
+class DocumentsVersion:
+    version: int
+    has_chunks: bool
+
+
+class AgentGone(NotFound):
+    """The agent was deleted while work for it was in flight: nothing is stored or charged."""
+
+    def __init__(self, agent_id: int) -> None:
+        super().__init__(
+            "That agent was deleted while this was running, so nothing was stored and "
+            "nothing was charged."
+        )
+        self.agent_id = agent_id
+
+
+async def _bump_documents_version(conn: aiosqlite.Connection, agent_id: int) -> None:
+    await conn.execute(
+        "UPDATE agents SET documents_version = documents_version + 1 WHERE id = ?", (agent_id,)
+    )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib
 import logging
 import pkgutil
 import signal
@@ -23,7 +24,6 @@ from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 
-import cogs
 from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
 from bot.core.repository import Agent
@@ -41,6 +41,8 @@ discord.VoiceClient.warn_dave = False
 
 # Waits between attempts to reach Discord at start, then the last one repeats.
 START_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+COGS_PACKAGE = "cogs"  # every module in it that does not start with _ is a feature
 
 # What the bot does in a channel, and nothing more: answer, thread a conversation,
 # attach avatars, and speak as an agent through a channel webhook.
@@ -112,9 +114,11 @@ class AgentBot(commands.Bot):
         self._closing = False
 
     async def load_cogs(self) -> None:
-        for module in pkgutil.iter_modules(cogs.__path__):
+        # By name, as extensions: the client sits below the cogs and imports none of them.
+        package = importlib.import_module(COGS_PACKAGE)
+        for module in pkgutil.iter_modules(package.__path__):
             if not module.name.startswith("_"):
-                await self.load_extension(f"cogs.{module.name}")
+                await self.load_extension(f"{COGS_PACKAGE}.{module.name}")
 
     async def setup_hook(self) -> None:
         if self.services is None:

@@ -3,7 +3,9 @@ client against the fake server, the real cogs driven by the stand-in interaction
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ async def services(app_config: Config) -> AsyncIterator[Services]:
         yield opened
     finally:
         await opened.close()
+    assert_holds_covered(Path(app_config.storage.database))
+
+
+def assert_holds_covered(database: Path) -> None:
+    """Every document and chat of the test was held at least what it cost: the fake counts
+    usage with the real tokenizers, so an estimate that is too low fails here."""
+    if not database.exists():
+        return
+    with closing(sqlite3.connect(database)) as conn:
+        short = conn.execute(
+            "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
+            " AND operation_type IN ('chat', 'document_upload') AND charged > amount"
+        ).fetchall()
+    assert short == [], f"holds below the real cost (operation, held, charged): {short}"
 
 
 @pytest.fixture

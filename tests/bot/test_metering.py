@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from bot.core.metering import Actor
 from bot.services import Services
 from ledger import InsufficientTokens
+from tests.pdfs import make_pdf
 
 ACTOR = Actor("guild:5", 1, 5)
 
@@ -76,3 +78,48 @@ async def test_model_weight_multiplies_and_rounds_up(services: Services) -> None
     )
     assert metered.charged == 253  # ceil(101 * 2.5)
     assert (await services.ledger.balance(ACTOR.account_id)).tokens_used == 253
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# Real texts of the repository (technical prose, tables, code) and other scripts: what the
+# old characters-over-four estimate under-held.
+REAL_TEXTS = {
+    "README.md": (REPOSITORY / "README.md").read_text(encoding="utf-8"),
+    "benchmarks.md": (REPOSITORY / "docs" / "benchmarks.md").read_text(encoding="utf-8"),
+    "ledger.py.txt": (REPOSITORY / "ledger" / "ledger.py").read_text(encoding="utf-8"),
+    "russian.txt": "Токены считаются настоящим токенизатором модели. " * 300,
+    "japanese.txt": "文書はモデルの本当のトークナイザーで数えます。" * 300,
+}
+
+
+async def _holds(services: Services) -> list[tuple[str, int, int]]:
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
+        " ORDER BY created_at"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def test_holds_cover_the_fakes_real_token_usage(services: Services, fake_openai: Any) -> None:
+    """The fake counts usage with the real tokenizers; every document and chat hold covers
+    it, and a document's hold (the "about N tokens" of a refusal) is within 10% of it."""
+    actor = Actor("guild:7", 1, 7, can_manage=True)
+    await services.ledger.grant(actor.account_id, 5_000_000, "test", "real test documents")
+    await services.agents.create(actor, "Nova", "A patient astronomer")
+    fake_openai.chat_answer = "Per the excerpts, the tokens are counted for real. " * 40
+    for name, body in REAL_TEXTS.items():
+        await services.documents.upload(actor, "Nova", name, body.encode())
+        await services.chat.ask(actor, "Nova", f"thread-{name}", f"What does {name} say?")
+    await services.documents.upload(actor, "Nova", "paper.pdf", make_pdf([REAL_TEXTS["README.md"]]))
+    holds = await _holds(services)
+    assert [op for op, _, _ in holds].count("document_upload") == len(REAL_TEXTS) + 1
+    assert [op for op, _, _ in holds].count("chat") == len(REAL_TEXTS)
+    embedded = sum(c for op, _, c in holds if op == "document_upload")
+    chats = sum(c for op, _, c in holds if op == "chat")
+    assert embedded + chats == fake_openai.reported_tokens("embeddings") + (
+        fake_openai.reported_tokens("chat")
+    )
+    for operation, held, charged in holds:
+        assert charged <= held, (operation, held, charged)
+        if operation == "document_upload":
+            assert held <= charged * 1.10, (held, charged)

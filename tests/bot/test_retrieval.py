@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 
 from bot.core.documents.retrieval import Retriever
+from bot.core.repository import DocumentsVersion
+
+ACCOUNT = "guild:1"
 
 
 class StubRepo:
@@ -16,7 +19,7 @@ class StubRepo:
     def __init__(self, dims: int = 8) -> None:
         self.dims = dims
         self.vectors: dict[int, list[np.ndarray]] = {}
-        self.versions: dict[int, tuple[int, int]] = {}
+        self.versions: dict[int, int] = {}
         self.loads: list[int] = []
 
     def put(self, agent_id: int, count: int, seed: int = 0) -> None:
@@ -24,20 +27,23 @@ class StubRepo:
         self.vectors[agent_id] = [
             rng.standard_normal(self.dims).astype(np.float32) * 5 for _ in range(count)
         ]
-        old = self.versions.get(agent_id, (0, 0))
-        self.versions[agent_id] = (count, old[1] + 1)
+        self.versions[agent_id] = self.versions.get(agent_id, 0) + 1
 
-    async def documents_version(self, agent_id: int) -> tuple[int, int]:
-        return self.versions.get(agent_id, (0, 0))
+    async def documents_version(self, account_id: str, agent_id: int) -> DocumentsVersion | None:
+        if account_id != ACCOUNT or agent_id not in self.versions:
+            return None
+        return DocumentsVersion(self.versions[agent_id], bool(self.vectors[agent_id]))
 
-    async def chunk_vectors(self, agent_id: int) -> list[tuple[int, bytes]]:
+    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes]]:
         self.loads.append(agent_id)
         return [
             (agent_id * 1000 + i, v.astype("<f4").tobytes())
             for i, v in enumerate(self.vectors.get(agent_id, []))
         ]
 
-    async def chunk_texts(self, ids: list[int]) -> dict[int, tuple[str, int, str]]:
+    async def chunk_texts(
+        self, account_id: str, agent_id: int, ids: list[int]
+    ) -> dict[int, tuple[str, int, str]]:
         return {i: (f"chunk {i}", 1, "doc.txt") for i in ids}
 
 
@@ -46,9 +52,10 @@ async def test_rows_are_unit_length_and_the_closest_chunk_comes_first() -> None:
     repo.put(1, 20)
     retriever = Retriever(repo)  # type: ignore[arg-type]
     target = repo.vectors[1][7]
-    hits = await retriever.top_k(1, target * 3, k=3)
+    hits = await retriever.top_k(ACCOUNT, 1, target * 3, k=3)
     assert hits[0].chunk_id == 1007 and abs(hits[0].score - 1.0) < 1e-5
-    matrix = await retriever._matrix(1)
+    matrix = await retriever._matrix(ACCOUNT, 1)
+    assert matrix is not None
     assert np.allclose(np.linalg.norm(matrix.vectors, axis=1), 1.0)
 
 
@@ -59,11 +66,11 @@ async def test_a_changed_agent_is_reloaded_and_others_stay_cached() -> None:
     retriever = Retriever(repo)  # type: ignore[arg-type]
     query = np.ones(8, dtype=np.float32)
     for agent in (1, 2, 1, 2):
-        await retriever.top_k(agent, query)
+        await retriever.top_k(ACCOUNT, agent, query)
     assert repo.loads == [1, 2]
     repo.put(1, 6)  # a document added: a new version
-    await retriever.top_k(1, query)
-    await retriever.top_k(2, query)
+    await retriever.top_k(ACCOUNT, 1, query)
+    await retriever.top_k(ACCOUNT, 2, query)
     assert repo.loads == [1, 2, 1]
 
 
@@ -73,13 +80,13 @@ async def test_the_least_recently_used_agent_goes_first() -> None:
         repo.put(agent, 4)
     retriever = Retriever(repo, max_cached_agents=2)  # type: ignore[arg-type]
     query = np.ones(8, dtype=np.float32)
-    await retriever.top_k(1, query)
-    await retriever.top_k(2, query)
-    await retriever.top_k(1, query)  # 1 is now the most recent
-    await retriever.top_k(3, query)  # evicts 2, not 1
-    await retriever.top_k(1, query)
+    await retriever.top_k(ACCOUNT, 1, query)
+    await retriever.top_k(ACCOUNT, 2, query)
+    await retriever.top_k(ACCOUNT, 1, query)  # 1 is now the most recent
+    await retriever.top_k(ACCOUNT, 3, query)  # evicts 2, not 1
+    await retriever.top_k(ACCOUNT, 1, query)
     assert repo.loads == [1, 2, 3]
-    await retriever.top_k(2, query)
+    await retriever.top_k(ACCOUNT, 2, query)
     assert repo.loads == [1, 2, 3, 2]
 
 
@@ -89,8 +96,8 @@ async def test_the_byte_bound_holds_but_never_evicts_the_agent_just_loaded() -> 
     repo.put(2, 100)
     retriever = Retriever(repo, max_cached_bytes=4_000)  # type: ignore[arg-type]
     query: Any = np.ones(8, dtype=np.float32)
-    await retriever.top_k(1, query)
-    await retriever.top_k(2, query)
+    await retriever.top_k(ACCOUNT, 1, query)
+    await retriever.top_k(ACCOUNT, 2, query)
     assert list(retriever._cache) == [2]  # 1 went to make room; 2 stays though alone
-    await retriever.top_k(2, query)
+    await retriever.top_k(ACCOUNT, 2, query)
     assert repo.loads == [1, 2]

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from bot.front.standin import CommandRunner
 from bot.services import Services
-from tests.bot.conftest import GUILD, MEMBER
+from tests.bot.conftest import GUILD, MANAGER, MEMBER, OWNER
 from tests.bot.helpers import text
 from tests.children import bot_env
 
@@ -138,3 +138,39 @@ def test_sidecar_runs_alone(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+async def _pro_through(services: Services, sub_id: str, user_id: str) -> None:
+    from bot.http.sidecar import parse_event
+    from ledger.subscriptions import apply_event
+    from tests.billing.payloads import encode, subscription
+
+    body = encode(subscription("subscription_created", sub_id=sub_id, user_id=user_id))
+    await apply_event(services.ledger, parse_event(body), accept_test_mode=False)
+
+
+async def test_a_member_of_a_pro_server_gets_no_portal_link(
+    as_user: Callable[..., CommandRunner], with_api: Any, services: Services
+) -> None:
+    """Issue 10, finding 2: the portal URL is a login to the buyer's billing."""
+    await _pro_through(services, "809", user_id=str(OWNER))
+    sent = await as_user(MEMBER).run("/upgrade")
+    assert "This server is on Pro until <t:" in text(sent)
+    assert not sent[-1].buttons()
+    assert with_api.requests == []  # no portal URL was even fetched
+
+
+async def test_the_buyer_gets_the_portal_link_without_manage_server(
+    as_user: Callable[..., CommandRunner], with_api: Any, services: Services
+) -> None:
+    await _pro_through(services, "810", user_id=str(MEMBER))
+    sent = await as_user(MEMBER).run("/upgrade")
+    assert [label for label, _ in sent[-1].buttons()] == ["Manage subscription"]
+
+
+async def test_a_manager_gets_the_portal_link(
+    as_user: Callable[..., CommandRunner], with_api: Any, services: Services
+) -> None:
+    await _pro_through(services, "811", user_id=str(OWNER))
+    sent = await as_user(MANAGER, manage=True).run("/upgrade")
+    assert [label for label, _ in sent[-1].buttons()] == ["Manage subscription"]

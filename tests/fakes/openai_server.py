@@ -1,9 +1,13 @@
 """A fake OpenAI server on 127.0.0.1 that speaks the real HTTP API (images, chat,
 embeddings), so the real `openai` client is exercised end to end.
 
-It reports deterministic usage figures, counts and records every request, and can be
-told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
-to fail at random with a seed. Embeddings are hashed bag-of-words vectors, so texts
+It reports usage figures counted with the real tokenizers (bot.core.tokens, the same
+encodings OpenAI bills with), so a hold too small for the real cost shows in the tests;
+it counts and records every request, and can be told to fail (500, 429, timeout, content-policy 400, malformed JSON), to add latency, or
+to fail at random with a seed. A chat request with `stream: true` is answered with
+server-sent events, one word a chunk (`chunk_delay` apart), ending with a usage chunk
+when `stream_options.include_usage` is set; `cut_stream` and `stall_stream` break the
+next stream after N content chunks. Embeddings are hashed bag-of-words vectors, so texts
 that share words are close: retrieval becomes testable.
 
 As a pytest plugin it provides the `fake_openai` fixture; as a script
@@ -19,7 +23,7 @@ import base64
 import functools
 import hashlib
 import io
-import math
+import json
 import random
 import re
 import time
@@ -32,6 +36,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 from PIL import Image, ImageDraw
+
+from bot.core.tokens import REPLY_PRIMING, count_tokens, truncate_tokens
 
 ENDPOINTS = {
     "/v1/images/generations": "images",
@@ -48,11 +54,13 @@ FAILURES = {
     "missing_fields",
 }
 _WORD = re.compile(r"\w+")
+_PIECE = re.compile(r"\S+\s*|\s+")
+IMAGE_TOKENS = 85  # what the fake charges per image part of a chat message
 
 
-def fake_tokens(text: str) -> int:
-    """The fake's token count: about one per five characters (below the bot's estimate)."""
-    return math.ceil(len(text) / 5) + 1
+def real_tokens(text: str, model: str) -> int:
+    """What the real API counts for `text` as input to `model`."""
+    return count_tokens(text, model)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -88,6 +96,8 @@ class Recorded:
     usage: dict[str, int] = field(default_factory=dict)
     failed: str | None = None
     at: float = 0.0
+    chunks_sent: int = 0  # content chunks of a streamed answer written so far
+    streamed: str = ""  # the text of those chunks
 
 
 class FakeOpenAI:
@@ -101,6 +111,11 @@ class FakeOpenAI:
         self._planned: dict[str, deque[str]] = {name: deque() for name in ENDPOINTS.values()}
         self._numbered: dict[tuple[str, int], str] = {}
         self._release = asyncio.Event()
+        self.chunk_delay = 0.0  # seconds between two chunks of a streamed answer
+        self.omit_stream_usage = False  # act as a server that ignores stream_options
+        self._stream_faults: deque[tuple[str, int]] = deque()
+        # Set whenever a streamed chunk is written: tests wait on it, never on time.
+        self.chunk_written = asyncio.Event()
         self._png = _png()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -110,6 +125,9 @@ class FakeOpenAI:
         # arrived and when its successful answer is built (not yet sent), so that a test
         # can act at that very moment (the crash suite kills its child there).
         self.hook: Callable[[str, Recorded], None] | None = None
+        # Endpoints whose requests wait, once received, until their event is set.
+        self._gates: dict[str, asyncio.Event] = {}
+        self._arrival = asyncio.Event()
 
     # ---- what tests tell it -----------------------------------------------------------
 
@@ -121,6 +139,27 @@ class FakeOpenAI:
         """Fail the `number`-th request (1-based, counted from now on) of an endpoint."""
         assert endpoint in self._planned and kind in FAILURES, (endpoint, kind)
         self._numbered[(endpoint, self.count(endpoint) + number)] = kind
+
+    def gate(self, endpoint: str) -> asyncio.Event:
+        """Hold every request of `endpoint`, once received, until the returned event is
+        set; then it is answered as usual. Lets a test act while a call is in flight."""
+        assert endpoint in self._planned, endpoint
+        gate = self._gates[endpoint] = asyncio.Event()
+        return gate
+
+    async def received(self, endpoint: str, count: int = 1) -> None:
+        """Wait until `count` requests of `endpoint` have arrived, counted from the start."""
+        while self.count(endpoint) < count:
+            self._arrival.clear()
+            await self._arrival.wait()
+
+    def cut_stream(self, after: int) -> None:
+        """Abort the next streamed answer's connection after `after` content chunks."""
+        self._stream_faults.append(("cut", after))
+
+    def stall_stream(self, after: int) -> None:
+        """Hold the next streamed answer after `after` content chunks until `release`."""
+        self._stream_faults.append(("stall", after))
 
     def release(self) -> None:
         """Let requests held by a "timeout" failure go (the client has given up by then)."""
@@ -173,6 +212,7 @@ class FakeOpenAI:
         body = await request.json()
         record = Recorded(endpoint, body, at=time.monotonic())
         self.requests.append(record)
+        self._arrival.set()
         number = self.count(endpoint)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -181,6 +221,8 @@ class FakeOpenAI:
                 self.hook("received", record)
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if endpoint in self._gates:
+                await self._gates[endpoint].wait()
             failure = self._numbered.pop((endpoint, number), None)
             if failure is None and self._planned[endpoint]:
                 failure = self._planned[endpoint].popleft()
@@ -192,6 +234,8 @@ class FakeOpenAI:
             payload = getattr(self, f"_{endpoint}")(body, record)
             if self.hook is not None:
                 self.hook("completed", record)
+            if endpoint == "chat" and body.get("stream"):
+                return await self._stream(request, body, payload, record)
             return web.json_response(payload)
         finally:
             self.in_flight -= 1
@@ -219,8 +263,57 @@ class FakeOpenAI:
         error = {"message": "fake failure", "type": "server_error", "param": None, "code": None}
         return web.json_response({"error": error}, status=status)
 
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], payload: dict[str, Any], record: Recorded
+    ) -> web.StreamResponse:
+        """The answer as the API streams it: a role chunk, one chunk per word, a finish
+        chunk, the usage chunk (asked for with stream_options.include_usage), [DONE]."""
+        fault = self._stream_faults.popleft() if self._stream_faults else None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = {k: payload[k] for k in ("id", "created", "model")}
+        head["object"] = "chat.completion.chunk"
+
+        async def event(choices: list[dict[str, Any]], usage: Any = None) -> None:
+            chunk = {**head, "choices": choices}
+            if usage is not None:
+                chunk["usage"] = usage
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}]
+
+        text = payload["choices"][0]["message"]["content"]
+        try:
+            await event(delta({"role": "assistant", "content": ""}))
+            for piece in _PIECE.findall(text):
+                if fault is not None and record.chunks_sent >= fault[1]:
+                    break
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                await event(delta({"content": piece}))
+                record.chunks_sent += 1
+                record.streamed += piece
+                self.chunk_written.set()
+        except ConnectionResetError:  # the client went away (a cancelled answer)
+            record.failed = "client gone"
+            return response
+        if fault is not None:
+            record.failed = f"stream {fault[0]} after {fault[1]}"
+            if fault[0] == "stall":
+                await self._release.wait()
+            assert request.transport is not None
+            request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
+            return response
+        await event(delta({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage") and not self.omit_stream_usage:
+            await event([], payload["usage"])
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     def _images(self, body: dict[str, Any], record: Recorded) -> dict[str, Any]:
-        prompt_tokens = fake_tokens(str(body.get("prompt", "")))
+        prompt_tokens = real_tokens(str(body.get("prompt", "")), str(body.get("model", "")))
         usage = {
             "input_tokens": prompt_tokens,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
@@ -239,9 +332,14 @@ class FakeOpenAI:
         messages = body.get("messages", [])
         answer = self.chat_answer(messages) if callable(self.chat_answer) else self.chat_answer
         cap = int(body.get("max_completion_tokens") or 4096)
-        answer = answer[: max(1, (cap - 1) * 5)]
-        prompt = sum(fake_tokens(str(m.get("content", ""))) + 3 for m in messages)
-        completion = min(cap, fake_tokens(answer))
+        model = str(body.get("model", ""))
+        # The real API stops at the cap; its format costs 3 tokens a message and 3 more
+        # priming the reply (OpenAI's published figures).
+        answer = truncate_tokens(answer, cap, model)
+        prompt = (
+            sum(_content_tokens(m.get("content", ""), model) + 3 for m in messages) + REPLY_PRIMING
+        )
+        completion = real_tokens(answer, model)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -278,7 +376,7 @@ class FakeOpenAI:
                 else vector.tolist()
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        tokens = sum(fake_tokens(str(t)) for t in inputs)
+        tokens = sum(real_tokens(str(t), str(body.get("model", ""))) for t in inputs)
         record.usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {
             "object": "list",
@@ -286,6 +384,18 @@ class FakeOpenAI:
             "model": body.get("model", "fake"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+def _content_tokens(content: Any, model: str) -> int:
+    """A message's content is text, or a list of text and image parts (vision)."""
+    if not isinstance(content, list):
+        return real_tokens(str(content), model)
+    return sum(
+        IMAGE_TOKENS
+        if part.get("type") == "image_url"
+        else real_tokens(str(part.get("text", "")), model)
+        for part in content
+    )
 
 
 @pytest.fixture

@@ -270,7 +270,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def balances_match_and_verify_is_clean(self) -> None:
         for account_id in ACCOUNTS:
             assert self.run(self.ledger.balance(account_id)) == self.expected_balance(account_id)
+        # Incremental (from the previous step's clean run) and whole agree: both clean.
         assert self.run(self.ledger.verify()) == []
+        assert self.run(self.ledger.verify(full=True)) == []
 
 
 LedgerMachine.TestCase.settings = settings(

@@ -46,6 +46,7 @@ class Subscription:
     plan: str
     renews_at: str | None
     ends_at: str | None
+    user_id: str | None  # the buyer, from the checkout's custom data
 
 
 def static_checkout_url(config: Config, account_id: str, user_id: int | None = None) -> str | None:
@@ -138,7 +139,12 @@ class Billing:
         if row is None:
             return None
         return Subscription(
-            row["subscription_id"], row["status"], row["plan"], row["renews_at"], row["ends_at"]
+            row["subscription_id"],
+            row["status"],
+            row["plan"],
+            row["renews_at"],
+            row["ends_at"],
+            row["user_id"],
         )
 
     async def portal_url(self, subscription_id: str) -> str | None:

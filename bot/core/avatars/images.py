@@ -34,6 +34,7 @@ __all__ = [
     "SIZE",
     "UnusableImage",
     "normalize_avatar",
+    "normalize_chat_image",
     "normalize_generated",
 ]
 
@@ -75,6 +76,44 @@ def normalize_avatar(data: bytes, *, max_bytes: int) -> bytes:
     call it through `asyncio.to_thread`.
     """
     return _normalize(data, max_bytes=max_bytes, what="avatars")
+
+
+def normalize_chat_image(data: bytes, *, max_bytes: int, side: int) -> tuple[bytes, int, int]:
+    """Check a picture sent to an agent with the avatar's checks (type by content, size,
+    bombs and damage refused before pixels are decoded) and return it as a PNG without
+    metadata, at most `side` pixels on its longer side, with its width and height.
+    Its shape is kept (a long screenshot is a fine question). Blocking, like the rest."""
+    if not data:
+        raise InvalidInput(f"That file is empty. Please send a {ACCEPTED} image.")
+    if len(data) > max_bytes:
+        limit = _size(max_bytes)
+        raise InvalidInput(f"That image is larger than {limit}; images can be at most {limit}.")
+    if _sniff(data) is None:
+        raise InvalidInput(_unsupported(data))
+    image = _open(data)
+    try:
+        width, height = image.size
+        if width < 1 or height < 1 or width * height > MAX_PIXELS:
+            raise InvalidInput(_too_many_pixels(image.size))
+        try:
+            if image.format in {"JPEG", "MPO"}:
+                image.draft(None, (side, side))
+            image.seek(0)
+            image.load()
+            picture = image.convert("RGBA" if _has_alpha(image) else "RGB")
+            picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+            clean = Image.frombytes(picture.mode, picture.size, picture.tobytes())
+            out = io.BytesIO()
+            clean.save(out, format="PNG")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+            raise InvalidInput(_too_many_pixels(None)) from None
+        except InvalidInput:
+            raise
+        except Exception:
+            raise InvalidInput(_DAMAGED) from None
+        return out.getvalue(), width, height
+    finally:
+        image.close()
 
 
 def normalize_generated(png: bytes) -> bytes:

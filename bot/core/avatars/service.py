@@ -84,6 +84,7 @@ class AvatarService:
             return png
 
         async def store(conn: aiosqlite.Connection, _png: bytes) -> None:
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             replaced.append(
                 await self.repo.set_avatar_in(conn, agent.id, str(new_path), "generated")
             )
@@ -115,6 +116,7 @@ class AvatarService:
         await asyncio.to_thread(_write_atomically, new_path, png)
 
         async def op(conn: aiosqlite.Connection) -> str | None:
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             return await self.repo.set_avatar_in(conn, agent.id, str(new_path), "uploaded")
 
         try:

@@ -1,12 +1,13 @@
-"""Chunking: split page texts into overlapping passages of about 250 tokens to embed.
+"""Chunking: split page texts into overlapping passages of at most 250 tokens to embed.
 
 Promises:
 - Deterministic: the same pages always give the same chunks.
 - Whitespace is normalized (runs become one space; a paragraph break becomes one
   newline) and no chunk is empty.
-- Every chunk's `token_estimate` is `estimate_tokens(chunk.text)` and is at most
-  `target_tokens`; pieces are cut at paragraph boundaries first, then sentences, then
-  words, and only a "word" longer than a chunk (text without spaces) is cut mid-word.
+- Every chunk's `tokens` is `count_tokens(chunk.text, model)`, by the embedding model's
+  real tokenizer, and is at most `target_tokens`; pieces are cut at paragraph boundaries
+  first, then sentences, then words, and only a "word" longer than a chunk (text without
+  spaces) is cut mid-word.
 - Consecutive chunks share a small overlap (the last words of the previous chunk, at
   most `overlap_tokens`), so a sentence cut at a boundary is still found whole.
 - `Chunk.page` is the 1-based page where the chunk's new text starts (the overlap
@@ -21,12 +22,19 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-__all__ = ["DEFAULT_OVERLAP_TOKENS", "DEFAULT_TARGET_TOKENS", "Chunk", "chunk", "estimate_tokens"]
+from bot.core.tokens import count_tokens
+
+__all__ = ["DEFAULT_OVERLAP_TOKENS", "DEFAULT_TARGET_TOKENS", "EMBEDDING_MODEL", "Chunk", "chunk"]
 
 DEFAULT_TARGET_TOKENS = 250
 DEFAULT_OVERLAP_TOKENS = 30
+EMBEDDING_MODEL = "text-embedding-3-small"  # the configured default; callers pass theirs
+# A first window of this many characters a token; technical text runs about 3, prose 4-5.
+_CHARS_PER_TOKEN = 5
 
 # A blank line (it may hold spaces or tabs) separates paragraphs.
 _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
@@ -40,20 +48,10 @@ class Chunk:
     index: int  # 0-based position in the document
     page: int  # 1-based page where the chunk's new text starts
     text: str
-    token_estimate: int
+    tokens: int  # what embedding `text` costs, by the embedding model's tokenizer
 
 
-def estimate_tokens(text: str) -> int:
-    """A cheap, deliberately generous estimate of the tokens `text` costs to embed.
-
-    ASCII text runs about 4 characters a token in OpenAI's tokenizers; other scripts
-    run closer to one token a character, so each non-ASCII character counts as one.
-    Over-counting is the safe side: the estimate sizes the hold taken before paying.
-    """
-    if text.isascii():
-        return (len(text) + 3) // 4
-    ascii_count = len(text.encode("ascii", "ignore"))
-    return _estimate(ascii_count, len(text) - ascii_count)
+Count = Callable[[str], int]
 
 
 def chunk(
@@ -61,30 +59,30 @@ def chunk(
     *,
     target_tokens: int = DEFAULT_TARGET_TOKENS,
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    model: str = EMBEDDING_MODEL,
 ) -> list[Chunk]:
     """Split `pages` (one string per page, page 1 first) into chunks of at most
-    `target_tokens` estimated tokens, each starting with up to `overlap_tokens` of the
+    `target_tokens` tokens of `model`, each starting with up to `overlap_tokens` of the
     previous chunk's end."""
     if target_tokens < 16:
         raise ValueError("target_tokens must be at least 16")
     if not 0 <= overlap_tokens <= target_tokens // 2:
         raise ValueError("overlap_tokens must be between 0 and half of target_tokens")
     text, page_starts = _document(pages)
+    count: Count = partial(count_tokens, model=model)
 
     chunks: list[Chunk] = []
     overlap = ""
     position, end = 0, len(text)
     while position < end:
         # The overlap and one separator come first; the new text gets the rest.
-        budget = target_tokens - (estimate_tokens(overlap) + 1 if overlap else 0)
-        cut = _next_cut(text, position, budget)
-        new = text[position:cut].strip()
-        if new:
-            separator = "\n" if position > 0 and text[position - 1] == "\n" else " "
-            body = f"{overlap}{separator}{new}" if overlap else new
+        separator = "\n" if position > 0 and text[position - 1] == "\n" else " "
+        prefix = f"{overlap}{separator}" if overlap else ""
+        cut, body, tokens = _next_cut(text, position, prefix, target_tokens, count)
+        if body is not None:
             page = bisect_right(page_starts, position)  # 1-based: starts[0] is page 1's
-            chunks.append(Chunk(len(chunks), page, body, estimate_tokens(body)))
-            overlap = _tail(body, overlap_tokens)
+            chunks.append(Chunk(len(chunks), page, body, tokens))
+            overlap = _tail(body, overlap_tokens, count)
         position = cut
         # Resume after the space or newline the cut stopped at.
         while position < end and text[position] in " \n":
@@ -116,51 +114,66 @@ def _document(pages: list[str]) -> tuple[str, list[int]]:
     return "\n".join(parts), starts
 
 
-def _next_cut(text: str, position: int, budget: int) -> int:
-    """Where the chunk starting at `position` ends: the longest window of at most
-    `budget` tokens, cut at its last paragraph break, else sentence end, else space,
+def _next_cut(
+    text: str, position: int, prefix: str, budget: int, count: Count
+) -> tuple[int, str | None, int]:
+    """Where the chunk starting at `position` ends, its text (`prefix` then the new text;
+    None when there is no new text) and its tokens: the longest window whose chunk is at
+    most `budget` tokens, cut at its last paragraph break, else sentence end, else space,
     when that falls in the window's second half; mid-word only as the last resort."""
-    length = budget * 4  # an all-ASCII window of exactly `budget` tokens
-    window = text[position : position + length]
-    estimate = estimate_tokens(window)
-    while estimate > budget:
-        # Shrink in proportion; at `budget` characters it always fits, because no
-        # character counts more than one token.
-        length = max(budget, min(length - 1, length * budget // estimate))
+    length = max(1, budget * _CHARS_PER_TOKEN)
+    grown = False
+    while True:
         window = text[position : position + length]
-        estimate = estimate_tokens(window)
-    if position + len(window) >= len(text):
-        return len(text)
+        if position + len(window) >= len(text):
+            cut = len(text)
+        else:
+            cut = position + _boundary(window)
+        new = text[position:cut].strip()
+        if not new:
+            return cut, None, 0
+        body = prefix + new
+        tokens = count(body)
+        if tokens <= budget and not grown and cut < len(text) and tokens * 10 < budget * 9:
+            # Text denser in characters than the first guess (long words, repeated
+            # letters): widen the window once, in proportion, then fit it again.
+            grown = True
+            length = length * budget // max(tokens, 1)
+            continue
+        if tokens <= budget or cut - position <= 1:
+            return cut, body, tokens
+        # Shrink in proportion to the excess; a token is at least one character, so the
+        # loop ends, and a window that just fits is found in a few rounds.
+        length = max(1, min(cut - position - 1, (cut - position) * budget // tokens))
+
+
+def _boundary(window: str) -> int:
     half = len(window) // 2
     paragraph = window.rfind("\n")
     if paragraph > half:
-        return position + paragraph
+        return paragraph
     sentence = max(window.rfind(mark) for mark in _SENTENCE_ENDS) + 1  # just after the mark
     if sentence > half:
-        return position + sentence
+        return sentence
     space = window.rfind(" ")
     if space > half:
-        return position + space
-    return position + len(window)
+        return space
+    return len(window)
 
 
-def _tail(text: str, budget: int) -> str:
+def _tail(text: str, budget: int, count: Count) -> str:
     """The end of `text`, at most `budget` tokens and at most half of it, starting at a
     word boundary (unless it is one long word: text without spaces)."""
-    length = min(budget * 4, len(text) // 2)
-    tail = text[len(text) - length :]
-    estimate = estimate_tokens(tail)
-    while estimate > budget:
-        length = max(budget, min(length - 1, length * budget // estimate))
+    length = min(budget * _CHARS_PER_TOKEN, len(text) // 2)
+    while True:
         tail = text[len(text) - length :]
-        estimate = estimate_tokens(tail)
-    if length and not text[len(text) - length - 1].isspace():
-        # The tail starts mid-word: drop that partial word if another one follows.
-        space = min((i for i in (tail.find(" "), tail.find("\n")) if i >= 0), default=-1)
-        if space >= 0:
-            tail = tail[space + 1 :]
-    return tail.strip()
-
-
-def _estimate(ascii_count: int, other: int) -> int:
-    return (ascii_count + 3) // 4 + other
+        if length and not text[len(text) - length - 1].isspace():
+            # The tail starts mid-word: drop that partial word if another one follows.
+            space = min((i for i in (tail.find(" "), tail.find("\n")) if i >= 0), default=-1)
+            if space >= 0:
+                tail = tail[space + 1 :]
+        tail = tail.strip()
+        tokens = count(tail)
+        if tokens <= budget:
+            return tail
+        length = max(0, min(length - 1, length * budget // tokens))

@@ -2,8 +2,11 @@
 
 Embeddings are stored as float32 and loaded once per agent into one row-normalised
 matrix, so a query is a single matrix-vector product. The cache is keyed by the agent's
-documents version (count and newest id), read on every query: an upload or a removal,
-in this process or another, invalidates it.
+documents version, a counter bumped in the transaction of every change to its documents
+and read (by agent and account) on every query: an upload or a removal, in this process
+or another, invalidates it, and so does deleting the agent. Ids are never reused, and
+every read of chunks filters by agent and account, so no cache entry or chunk id can
+ever reach another agent's conversation.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class Hit:
 
 @dataclass
 class _Matrix:
-    version: tuple[int, int]
+    version: int
     ids: np.ndarray
     vectors: np.ndarray  # (n, d) float32, rows of unit length
 
@@ -79,16 +82,21 @@ class Retriever:
     def invalidate(self, agent_id: int) -> None:
         self._cache.pop(agent_id, None)
 
-    async def has_chunks(self, agent_id: int) -> bool:
-        return (await self.repo.documents_version(agent_id))[0] > 0
+    async def has_chunks(self, account_id: str, agent_id: int) -> bool:
+        current = await self.repo.documents_version(account_id, agent_id)
+        return current is not None and current.has_chunks
 
-    async def _matrix(self, agent_id: int) -> _Matrix:
-        version = await self.repo.documents_version(agent_id)
+    async def _matrix(self, account_id: str, agent_id: int) -> _Matrix | None:
+        current = await self.repo.documents_version(account_id, agent_id)
+        if current is None:  # deleted (in any process), or not this account's agent
+            self._cache.pop(agent_id, None)
+            return None
+        version = current.version
         cached = self._cache.get(agent_id)
         if cached is not None and cached.version == version:
             self._cache[agent_id] = self._cache.pop(agent_id)  # most recently used: last
             return cached
-        rows = await self.repo.chunk_vectors(agent_id)
+        rows = await self.repo.chunk_vectors(account_id, agent_id)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if rows:
             vectors = await asyncio.to_thread(_stacked_unit_rows, rows)
@@ -106,15 +114,17 @@ class Retriever:
             self._cache.pop(next(iter(self._cache)))
         return matrix
 
-    async def top_k(self, agent_id: int, query: np.ndarray, k: int = 5) -> list[Hit]:
-        matrix = await self._matrix(agent_id)
-        if len(matrix.ids) == 0:
+    async def top_k(
+        self, account_id: str, agent_id: int, query: np.ndarray, k: int = 5
+    ) -> list[Hit]:
+        matrix = await self._matrix(account_id, agent_id)
+        if matrix is None or len(matrix.ids) == 0:
             return []
         if matrix.vectors.shape[1] != query.shape[-1]:
             return []  # stored with another embedding model: nothing comparable
         order, scores = top_indices(matrix.vectors, query, k)
         chosen = [int(matrix.ids[i]) for i in order]
-        texts = await self.repo.chunk_texts(chosen)
+        texts = await self.repo.chunk_texts(account_id, agent_id, chosen)
         return [
             Hit(cid, texts[cid][2], texts[cid][1], texts[cid][0], float(score))
             for cid, score in zip(chosen, scores, strict=True)

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 # API accepts 2,048 inputs and 300,000 tokens; staying well under keeps a retry cheap).
 BATCH_CHUNKS = 256
 BATCH_TOKENS = 100_000
-# The hold covers the estimate plus a margin: our estimate is not the API's tokenizer.
-ESTIMATE_MARGIN = 1.15
+# The chunks' tokens are counted with the embedding model's own tokenizer, so they are
+# the API's figure; the small margin covers an OpenAI-compatible server that counts a few
+# more (and stays well inside the 10% a refusal's "about N tokens" may be off by).
+ESTIMATE_MARGIN = 1.02
 NAME_MAX = 100
 
 Progress = Callable[[str], Awaitable[None]]
@@ -57,11 +59,11 @@ def batches(chunks: list[Chunk]) -> list[list[Chunk]]:
     current: list[Chunk] = []
     tokens = 0
     for c in chunks:
-        if current and (len(current) >= BATCH_CHUNKS or tokens + c.token_estimate > BATCH_TOKENS):
+        if current and (len(current) >= BATCH_CHUNKS or tokens + c.tokens > BATCH_TOKENS):
             out.append(current)
             current, tokens = [], 0
         current.append(c)
-        tokens += c.token_estimate
+        tokens += c.tokens
     if current:
         out.append(current)
     return out
@@ -107,7 +109,11 @@ class DocumentService:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     def estimate(self, chunks: list[Chunk]) -> int:
-        return math.ceil(sum(c.token_estimate for c in chunks) * ESTIMATE_MARGIN) + 8
+        """The hold: the chunks' real tokens plus the margin, weighted like the charge."""
+        model = self.config.openai.embedding_model
+        return self.meter.weighted(
+            model, math.ceil(sum(c.tokens for c in chunks) * ESTIMATE_MARGIN)
+        )
 
     async def upload(
         self,
@@ -141,7 +147,8 @@ class DocumentService:
             progress=page_done,
             pool=self._pdf_pool(),
         )
-        chunks = await asyncio.to_thread(chunk, extracted.pages)
+        model = self.config.openai.embedding_model
+        chunks = await asyncio.to_thread(chunk, extracted.pages, model=model)
         if not chunks:
             raise InvalidInput("That file has no text to learn from.")
         stored = await self.repo.chunk_count(actor.account_id)
@@ -151,7 +158,6 @@ class DocumentService:
                 f"{limits.max_chunks_per_account:,}. Remove some documents first."
             )
         groups = batches(chunks)
-        model = self.config.openai.embedding_model
         name = clean_name(filename)
 
         async def call() -> tuple[np.ndarray, int]:
@@ -168,6 +174,7 @@ class DocumentService:
 
         async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
+            await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             rows = [
                 (c.index, c.page, c.text, to_blob(v)) for c, v in zip(chunks, vectors, strict=True)
             ]

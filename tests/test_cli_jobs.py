@@ -1,0 +1,73 @@
+"""`ledger verify [--full]`, `ledger export` and `check` on the command line: progress
+only on a terminal, and `check` never walks the whole log."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from bot.cli import Progress
+from tests.test_cli import db, run, spend
+
+__all__ = ["db"]  # the fixture, shared with tests/test_cli.py
+
+
+def _tamper(path: Path, statement: str) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(statement)
+
+
+def test_verify_and_full_verify_and_no_progress_off_a_terminal(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spend(db, "user:1", 100)
+    assert run(capsys, "ledger", "verify") == (0, "ledger ok\n", "")
+    spend(db, "user:1", 50)
+    assert run(capsys, "ledger", "verify", "--full") == (0, "ledger ok\n", "")
+    code, out, err = run(capsys, "ledger", "export")
+    assert code == 0 and err == "" and len(out.splitlines()) == 3
+
+    _tamper(db, "UPDATE usage_limits SET tokens_used = 1 WHERE account_id = 'user:1'")
+    for argv in (["ledger", "verify"], ["ledger", "verify", "--full"]):
+        code, out, err = run(capsys, *argv)
+        assert (code, err) == (1, "") and out.startswith("user:1: tokens_used 1 ")
+
+
+def test_check_verifies_only_what_changed_since_the_last_clean_run(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spend(db, "user:1", 100)
+    code, out, _ = run(capsys, "check")
+    assert code == 0 and "never verified" in out
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM verify_state").fetchone() == (0,)
+
+    run(capsys, "ledger", "verify")
+    spend(db, "user:2", 10)
+    code, out, _ = run(capsys, "check")
+    assert code == 0 and f"database: {db} (ok)" in out
+
+    _tamper(db, "UPDATE usage_limits SET tokens_held = 3 WHERE account_id = 'user:2'")
+    code, out, _ = run(capsys, "check")
+    assert code == 1 and "VIOLATIONS" in out and "user:2: tokens_held 3" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_is_drawn_on_a_terminal_and_cleared_at_the_end() -> None:
+    terminal, pipe = _Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        with Progress("export", "rows", stream) as progress:
+            progress.ids(5, 10)
+            progress.ids(10, 10)
+    assert pipe.getvalue() == ""
+    shown = terminal.getvalue()
+    assert "export: rows 50% (5/10)" in shown and "100% (10/10)" in shown
+    assert shown.endswith("\r\x1b[K")
