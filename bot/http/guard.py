@@ -9,12 +9,17 @@ the process (in `run`, the Discord bot shares its file table and event loop).
   its request head is closed to make room (a slow-header attack evicts itself, a real
   client that sends its request at once gets through); if every connection is busy with
   a request, the newcomer is answered 503 at once.
-- Logging: refusals and evictions are counted, and said once a minute at most.
+- Accepting: asyncio accepts up to `backlog` sockets at a time before any of them
+  reaches the count above, so the backlog is kept small beside the limit; connections
+  beyond it wait in the kernel, where they cost the process no descriptor.
+- Logging: refusals and evictions are counted, and said once a minute at most; so is
+  an accept that fails for want of descriptors (asyncio logs a traceback for each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 from dataclasses import dataclass, field
@@ -39,6 +44,10 @@ def connection_limit(configured: int) -> int:
     return max(1, min(configured, soft // 2))
 
 
+def accept_backlog(limit: int) -> int:
+    return max(4, min(128, limit // 8))
+
+
 class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -57,29 +66,29 @@ class ConnectionGuard:
 
     def factory(self, server: web.Server) -> asyncio.Protocol:
         """The protocol for a new connection: aiohttp's, or a refusal."""
-        connections = server.connections
-        if len(connections) >= self.limit:
-            self._started &= set(connections)
-            waiting = [h for h in connections if h not in self._started]
+        # A closed connection stays listed until its handler task ends: count live ones.
+        live = [h for h in server.connections if h.transport is not None]
+        if len(live) >= self.limit:
+            self._started.intersection_update(live)
+            waiting = [h for h in live if h not in self._started]
             if waiting:
                 waiting[0].force_close()  # the oldest still sending its request head
                 self.evicted += 1
-                self._report(
-                    "closed the oldest of %d connections still sending headers", len(waiting)
-                )
+                self._report("closed the oldest connection still sending its headers")
             else:
                 self.refused += 1
-                self._report("refused a connection: all %d are busy", len(connections))
+                self._report("refused a connection, all of them busy with a request")
                 return _Refused()
         return server()
 
-    def _report(self, message: str, *args: object) -> None:
-        held = self._say.allow("limit")
-        if held is not None:
+    def _report(self, what: str) -> None:
+        if self._say.allow("limit") is not None:
             log.warning(
-                f"sidecar at its connection limit ({self.limit}): {message}"
-                f" (evicted {self.evicted}, refused {self.refused} so far)",
-                *args,
+                "sidecar at its connection limit (%d): %s (evicted %d, refused %d so far)",
+                self.limit,
+                what,
+                self.evicted,
+                self.refused,
             )
 
     @web.middleware
@@ -116,7 +125,36 @@ class GuardedSite(web.TCPSite):
             lambda: self.guard.factory(server),
             self._host,
             self._port,
-            backlog=self._backlog,
+            backlog=accept_backlog(self.guard.limit),
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
+
+
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio logs each failed accept with a traceback, many times a second while the
+    descriptors are exhausted: say it once a minute instead, without the traceback."""
+    say = Throttle(60.0)
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES:
+            held = say.allow("accept")
+            if held is not None:
+                log.error(
+                    "cannot accept connections: %s (%d more since the last line); "
+                    "raise the file limit (LimitNOFILE) or lower webhooks.max_connections",
+                    error.strerror,
+                    held,
+                )
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -27,7 +27,7 @@ from aiohttp import web
 import bot
 from bot.config import Config
 from bot.http.avatars import avatar_routes
-from bot.http.guard import ConnectionGuard, GuardedSite, connection_limit
+from bot.http.guard import ConnectionGuard, GuardedSite, connection_limit, quiet_accept_errors
 from bot.runtime import StartupError, open_ledger
 from ledger import Ledger
 from ledger.store import is_busy
@@ -187,6 +187,7 @@ async def start_sidecar(
         app, access_log=None, keepalive_timeout=config.webhooks.header_timeout_seconds
     )
     await runner.setup()
+    quiet_accept_errors(asyncio.get_running_loop())
     host, port = config.webhooks.host, config.webhooks.port
     site = GuardedSite(runner, host, port, app[GUARD])
     try:
