@@ -31,9 +31,10 @@ from aiohttp import ClientSession, TCPConnector, web
 from pydantic import SecretStr
 
 from bench.report import Figure, cli, median, percentile
-from bot.config import Config, Secrets, StorageSettings
-from bot.http.sidecar import build_app, signature
-from ledger import Ledger
+from bot.billing.lemonsqueezy.webhook import signature
+from bot.config import Config, LemonSqueezySettings, Secrets, StorageSettings
+from bot.http.sidecar import build_app
+from bot.runtime import open_ledger
 
 BENCH = "webhooks"
 SECRET = "whsec-bench-signing-secret"
@@ -201,9 +202,10 @@ async def _measure(pipe: Connection, folder: Path, count: int) -> list[Figure]:
             storage=StorageSettings(
                 database=str(folder / f"sidecar-{concurrency}.db"), data_dir=str(folder / "data")
             ),
+            lemonsqueezy=LemonSqueezySettings(store_id="1", pro_variant_ids=["4"]),
             secrets=Secrets(lemonsqueezy_webhook_secret=SecretStr(SECRET), _env_file=None),  # type: ignore[call-arg]
         )
-        ledger = await Ledger.open(config.storage.database)
+        ledger = await open_ledger(config, "bench")
         try:
             real = await _load(build_app(config, ledger), pipe, concurrency)
             violations = await ledger.verify()

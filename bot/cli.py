@@ -1,4 +1,4 @@
-"""`python -m bot ...`: the bot, the sidecar, the console, `check`, and the ledger CLI.
+"""`python -m bot ...`: the bot, the sidecar, the console, `check`, the ledger and billing CLI.
 
 Exit codes: 0 done, 1 `ledger verify` found violations or `check` found something `run`
 needs missing, 2 a usage, configuration or database problem (one line on stderr, never a
@@ -70,12 +70,26 @@ def _parser() -> argparse.ArgumentParser:
     backup = actions.add_parser("backup", help="a consistent copy of the database, while it runs")
     backup.add_argument("path", help="the file to write (must not exist)")
     actions.add_parser("sweep", help="release holds of stopped processes")
+    actions.add_parser(
+        "compact", help="archive old resolved holds and give free space back, online"
+    )
     verify = actions.add_parser(
         "verify",
         help="check every ledger invariant (what changed since the last clean run);"
         " exit 1 on a violation",
     )
     verify.add_argument("--full", action="store_true", help="walk the whole audit log")
+
+    billing = commands.add_parser("billing", help="webhook events and subscriptions")
+    steps = billing.add_subparsers(dest="action", required=True)
+    replay = steps.add_parser("replay", help="apply a stored event again from its raw body")
+    replay.add_argument("event_id", type=int)
+    link = steps.add_parser("link", help="attach a subscription bought without custom data")
+    link.add_argument("subscription_id")
+    link.add_argument("account")
+    listing = steps.add_parser("events", help="what was received and what each did, newest first")
+    listing.add_argument("--account")
+    listing.add_argument("--limit", type=int, default=50)
     return parser
 
 
@@ -144,6 +158,11 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     for violation in violations:
         print(f"  {violation}")
     problems = _missing(config)
+    if not config.lemonsqueezy.pro_variants():
+        print(
+            "warning: no Pro variant is configured (lemonsqueezy.variant_id,"
+            " lemonsqueezy.pro_variant_ids): no subscription grants Pro"
+        )
     for name in (
         "discord_token",
         "openai_api_key",
@@ -297,10 +316,18 @@ async def _ledger_action(
                 entries = await ledger.history(account, args.limit)
                 if args.json:
                     print(json.dumps([e.__dict__ for e in entries]))
-                for e in entries if not args.json else []:
+                else:
+                    # The acting user: a member for charges, the operator or the payment
+                    # provider for grants, plan changes, fresh periods and refunds.
                     print(
-                        f"{e.created_at} {e.operation_type:18} {e.status:9} {e.tokens_used:>9}"
-                        f" bonus{e.bonus_delta:+} {e.model_used or ''} {e.details or ''}".rstrip()
+                        f"{'when':27} {'operation':15} {'status':9} {'tokens':>9} {'bonus':>10}"
+                        f" {'by':20} details"
+                    )
+                for e in entries if not args.json else []:
+                    what = " ".join(x for x in (e.model_used, e.details) if x)
+                    print(
+                        f"{e.created_at:27} {e.operation_type:15} {e.status:9} {e.tokens_used:>9}"
+                        f" {e.bonus_delta:>+10} {e.user_id or '':20} {what}".rstrip()
                     )
             case "export":
                 with Progress("export", "rows") as progress:
@@ -311,6 +338,15 @@ async def _ledger_action(
                     f"released {report.orphaned} holds of stopped processes and "
                     f"{report.expired} expired holds ({report.tokens_freed} tokens)"
                 )
+            case "compact":
+                report = await ledger.compact()
+                if report.converted:
+                    print("switched the file to incremental vacuum (one full VACUUM, once)")
+                print(
+                    f"archived {report.archived_holds} resolved holds; gave back"
+                    f" {report.bytes_freed / 2**20:.1f} MiB; WAL "
+                    + ("emptied" if report.wal_emptied else "in use by a reader, left as is")
+                )
             case "verify":
                 with Progress("verify", "") as progress:
                     violations = await ledger.verify(full=args.full, progress=progress.phase)
@@ -319,6 +355,59 @@ async def _ledger_action(
                 if violations:
                     return 1
                 print("ledger ok")
+    return 0
+
+
+# ---- billing ----------------------------------------------------------------------------
+
+
+def _billing(config: Config, args: argparse.Namespace) -> int:
+    if not Path(config.storage.database).exists():
+        raise UsageError(
+            f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
+        )
+    account = _account(args.account) if getattr(args, "account", None) else None
+    try:
+        return asyncio.run(_billing_action(config, args, account))
+    except LedgerError as error:
+        raise UsageError(str(error)) from None
+
+
+async def _billing_action(config: Config, args: argparse.Namespace, account: str | None) -> int:
+    from bot.billing import operations
+    from bot.billing.service import rules_of
+
+    rules = rules_of(config)
+    async with await open_ledger(config, "cli") as ledger:
+        match args.action:
+            case "replay":
+                done = await operations.replay(ledger, rules, args.event_id)
+                if not done.changed:
+                    print(f"event {args.event_id} was {done.event.outcome} already: nothing done")
+                else:
+                    o = done.outcome
+                    print(
+                        f"event {args.event_id} ({done.event.event_name}): {o.outcome}"
+                        f" {o.account_id or ''} {o.detail}".rstrip()
+                    )
+            case "link":
+                assert account is not None
+                actor = f"cli:{getpass.getuser()}"
+                before, after = await operations.link(
+                    ledger, rules, args.subscription_id, account, actor
+                )
+                print(
+                    f"subscription {args.subscription_id} linked to {account}: {before} -> {after}"
+                )
+            case "events":
+                print(
+                    f"{'id':>6} {'received':27} {'event':32} {'object':10} {'account':24} outcome"
+                )
+                for e in await operations.events(ledger, account, args.limit):
+                    print(
+                        f"{e.id:>6} {e.received_at:27} {e.event_name:32} {e.object_id or '':10}"
+                        f" {e.account_id or '':24} {e.outcome} {e.detail or ''}".rstrip()
+                    )
     return 0
 
 
@@ -361,4 +450,5 @@ COMMANDS: dict[str, Callable[[Config, Any], int]] = {
     "console": _console,
     "check": _check,
     "ledger": _ledger,
+    "billing": _billing,
 }

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -104,6 +104,9 @@ class OpenAISettings(_Section):
     max_retries: int = Field(default=2, ge=0, le=10)
     max_connections: int = Field(default=64, ge=1, le=1000)
     vision_model: str = ""  # chat with an image attached; empty: chat_model
+    # Wall clock for one whole call, retries and a streamed answer included: timeout_seconds
+    # bounds each read, so a body that trickles a byte at a time never ends without this.
+    deadline_seconds: float = Field(default=180.0, gt=0, le=3600)
 
     @field_validator("image_model")
     @classmethod
@@ -116,6 +119,8 @@ class OpenAISettings(_Section):
 class StorageSettings(_Section):
     database: str = "data/bot.db"
     data_dir: str = "data"
+    # Zero deleted pages on disk (and write them to the WAL): costly, off by default.
+    secure_delete: bool = False
 
 
 class WebhooksSettings(_Section):
@@ -129,11 +134,47 @@ class WebhooksSettings(_Section):
 
 class LemonSqueezySettings(_Section):
     store_id: str = ""
-    variant_id: str = ""
+    variant_id: str = ""  # the Pro variant /upgrade sells; always one of the Pro variants
     checkout_url: str = ""
     api_url: str = "https://api.lemonsqueezy.com"
     checkout_expires_minutes: int = Field(default=60, ge=1)
     test_mode: bool = False
+    # Every variant that grants Pro (monthly and annual); events of others change nothing.
+    pro_variant_ids: list[str] = Field(default_factory=list)
+    # One-time purchases: variant id -> bonus tokens, and each one's share link.
+    packs: dict[str, int] = Field(default_factory=dict)
+    pack_checkout_urls: dict[str, str] = Field(default_factory=dict)
+    billing_url: str = ""  # the store's billing page, for "Manage subscription" without a key
+
+    @field_validator("store_id", "variant_id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("pro_variant_ids", mode="before")
+    @classmethod
+    def _ids_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [cls._id_text(v) for v in value]
+        return value
+
+    @field_validator("packs")
+    @classmethod
+    def _positive_packs(cls, packs: dict[str, int]) -> dict[str, int]:
+        for variant, tokens in packs.items():
+            if tokens <= 0:
+                raise ValueError(f"pack {variant!r} must grant more than 0 tokens, not {tokens}")
+        return packs
+
+    def pro_variants(self) -> frozenset[str]:
+        ids = {*self.pro_variant_ids, self.variant_id}
+        return frozenset(i for i in ids if i)
+
+
+class BillingSettings(_Section):
+    # What a refund does to Pro: keep it running (as LemonSqueezy keeps the subscription),
+    # or end it now when the payment that started the current period is refunded in full.
+    refund_policy: Literal["keep", "downgrade"] = "keep"
 
 
 class AdminsSettings(_Section):
@@ -190,6 +231,7 @@ class Config(BaseSettings):
     storage: StorageSettings = StorageSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
     lemonsqueezy: LemonSqueezySettings = LemonSqueezySettings()
+    billing: BillingSettings = BillingSettings()
     admins: AdminsSettings = AdminsSettings()
     discord: DiscordSettings = DiscordSettings()
     limits: LimitsSettings = LimitsSettings()

@@ -7,6 +7,7 @@ from ledger import InsufficientTokens, LedgerError
 
 __all__ = [
     "AIUnavailable",
+    "AIUnusable",
     "AgentLimitReached",
     "BotError",
     "ContentRejected",
@@ -64,4 +65,16 @@ class AIUnavailable(BotError):
     def __init__(self) -> None:
         super().__init__(
             "The AI service is busy right now; nothing was charged. Please try again shortly."
+        )
+
+
+class AIUnusable(AIUnavailable):
+    """The AI service answered with figures we cannot trust (usage missing, negative or not
+    a whole number): we cannot know what the call cost, so it counts as failed."""
+
+    def __init__(self) -> None:
+        BotError.__init__(
+            self,
+            "The AI service sent an answer we could not use; nothing was charged. "
+            "Please try again later.",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
+from bot.billing import store as billing_store
 from bot.config import Config
 from ledger import Clock, Ledger
 
@@ -45,6 +46,15 @@ async def _check_pages(ledger: Ledger, config: Config) -> None:
         )
 
 
+async def _migrate_billing(ledger: Ledger) -> None:
+    try:
+        await billing_store.migrate(ledger.store)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await ledger.close()
+        raise
+
+
 async def open_ledger(
     config: Config, kind: str, *, clock: Clock | None = None, check_pages: bool = False
 ) -> Ledger:
@@ -58,7 +68,10 @@ async def open_ledger(
             hold_ttl_seconds=config.limits.hold_ttl_seconds,
             lease_seconds=config.limits.hold_lease_seconds,
             kind=kind,
+            secure_delete=config.storage.secure_delete,
         )
+        # The billing tables too: the sidecar, the bot and the CLI all apply events.
+        await _migrate_billing(ledger)
     except sqlite3.DatabaseError as error:
         raise database_fault(config, error) from None
     except OSError as error:  # the folder could not be created

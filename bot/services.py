@@ -8,7 +8,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from bot.billing.lemonsqueezy.client import Billing
+from bot.billing.service import Billing
 from bot.config import Config
 from bot.core.admin import AdminService
 from bot.core.agents import AgentService

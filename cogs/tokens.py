@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.billing.lemonsqueezy.client import Subscription
+from bot.billing.service import Subscription
 from bot.core.balances import TokenView
 from bot.core.metering import Actor
 from bot.front.replies import COLOR_OK, actor_of, reply, upgrade_view
 from cogs._base import FeatureCog
-from ledger.subscriptions import parse_time
 
 OPERATION_LABELS = {
     "avatar_generation": "Avatar generation",
@@ -49,8 +50,12 @@ def tokens_embed(view: TokenView) -> discord.Embed:
 class TokensCog(FeatureCog):
     @app_commands.command(name="tokens", description="This server's token balance (yours in DMs)")
     async def tokens(self, interaction: discord.Interaction) -> None:
-        view = await self.bot.services.balances.view(actor_of(interaction).account_id)
-        await reply(interaction, embed=tokens_embed(view), ephemeral=True)
+        actor = actor_of(interaction)
+        view = await self.bot.services.balances.view(actor.account_id)
+        buttons = None
+        if view.balance.plan_type == "pro":
+            buttons = await self._manage_view(interaction, actor)
+        await reply(interaction, embed=tokens_embed(view), view=buttons, ephemeral=True)
 
     @app_commands.command(name="upgrade", description="Upgrade this server (or you, in DMs) to Pro")
     async def upgrade(self, interaction: discord.Interaction) -> None:
@@ -80,35 +85,54 @@ class TokensCog(FeatureCog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         url = await services.billing.checkout_url(actor.account_id, actor.user_id)
         embed.description = "Checkout opens in your browser; Pro starts once the payment clears."
-        await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)
+        view = upgrade_view(url)
+        await self._add_packs(view, actor)
+        await reply(interaction, embed=embed, view=view, ephemeral=True)
+
+    async def _add_packs(self, view: discord.ui.View | None, actor: Actor) -> None:
+        if view is None:
+            return
+        for offer in await self.bot.services.billing.pack_offers(actor.account_id, actor.user_id):
+            view.add_item(discord.ui.Button(label=f"Buy {offer.tokens:,} tokens", url=offer.url))
+
+    async def _manage_view(
+        self, interaction: discord.Interaction, actor: Actor
+    ) -> discord.ui.View | None:
+        """The "Manage subscription" button, for the buyer and the server's managers only:
+        the portal URL is a login to the buyer's billing (cancel, change plan, invoices)."""
+        billing = self.bot.services.billing
+        subscription = await billing.subscription(actor.account_id)
+        if subscription is None or not _may_manage(actor, subscription):
+            return None
+        if billing.api_key and not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        link = await billing.manage_link(subscription)
+        if link is None:
+            return None
+        view = discord.ui.View()
+        view.add_item(discord.ui.Button(label=link.label, url=link.url))
+        return view
 
     async def _already_pro(
         self, interaction: discord.Interaction, actor: Actor, embed: discord.Embed
     ) -> None:
-        billing = self.bot.services.billing
-        subscription = await billing.subscription(actor.account_id)
-        view = None
+        subscription = await self.bot.services.billing.subscription(actor.account_id)
         embed.description = "This account is on Pro."
-        if subscription is not None and not _may_manage(actor, subscription):
-            # The portal link is a login to the buyer's billing (cancel, change plan,
-            # invoices): only the buyer and the server's managers get it.
-            cancelled = subscription.status == "cancelled"
-            stamp = _timestamp(subscription.ends_at if cancelled else subscription.renews_at)
-            embed.description = (
-                f"This server is on Pro until {stamp}." if stamp else ("This server is on Pro.")
-            )
-        elif subscription is not None:
-            cancelled = subscription.status == "cancelled"
-            stamp = _timestamp(subscription.ends_at if cancelled else subscription.renews_at)
-            if stamp:
+        view = None
+        if subscription is not None and subscription.grants_access:
+            when = subscription.ends_at if subscription.cancelled else subscription.renews_at
+            stamp = _timestamp(when)
+            if not _may_manage(actor, subscription):
                 embed.description = (
-                    f"This account is on Pro; it {'ends' if cancelled else 'renews'} {stamp}."
+                    f"This server is on Pro until {stamp}." if stamp else "This server is on Pro."
                 )
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            portal = await billing.portal_url(subscription.subscription_id)
-            if portal:
-                view = discord.ui.View()
-                view.add_item(discord.ui.Button(label="Manage subscription", url=portal))
+            else:
+                if stamp:
+                    verb = "ends" if subscription.cancelled else "renews"
+                    embed.description = f"This account is on Pro; it {verb} {stamp}."
+                view = await self._manage_view(interaction, actor)
+                if view is not None:
+                    await self._add_packs(view, actor)
         await reply(interaction, embed=embed, view=view, ephemeral=True)
 
 
@@ -116,8 +140,7 @@ def _may_manage(actor: Actor, subscription: Subscription) -> bool:
     return actor.can_manage or subscription.user_id == str(actor.user_id)
 
 
-def _timestamp(text: str | None) -> str | None:
-    when = parse_time(text)
+def _timestamp(when: datetime | None) -> str | None:
     return f"<t:{int(when.timestamp())}:D>" if when else None
 
 

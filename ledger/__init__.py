@@ -8,15 +8,28 @@ from ledger.errors import (
     InvalidAccount,
     InvalidAmount,
     LedgerError,
+    MemberCapReached,
     UnknownPlan,
 )
 from ledger.ledger import DEFAULT_PLANS, Ledger
-from ledger.records import Adjustment, Balance, Hold, Resolution, SweepReport, UsageEntry, Violation
+from ledger.members import Cap, MemberSpending
+from ledger.records import (
+    Adjustment,
+    Balance,
+    BalanceAlert,
+    Hold,
+    Resolution,
+    SweepReport,
+    UsageEntry,
+    Violation,
+)
 
 __all__ = [
     "DEFAULT_PLANS",
     "Adjustment",
     "Balance",
+    "BalanceAlert",
+    "Cap",
     "Clock",
     "Hold",
     "HoldNotFound",
@@ -26,6 +39,8 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "ManualClock",
+    "MemberCapReached",
+    "MemberSpending",
     "Plan",
     "Resolution",
     "SweepReport",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class LedgerError(Exception):
     """Base of every error the ledger raises on purpose."""
@@ -31,3 +33,29 @@ class UnknownPlan(LedgerError):
 
 class HoldNotFound(LedgerError):
     """A hold id the ledger has never issued."""
+
+
+class MemberCapReached(LedgerError):
+    """A reserve was refused: the member's cap inside the server's pool cannot cover it.
+
+    `used` counts the member's charges this period and their holds in progress; `scope`
+    and `subject_id` name the cap that applied (member, role or default)."""
+
+    def __init__(
+        self,
+        needed: int,
+        used: int,
+        cap: int,
+        scope: str,
+        subject_id: str,
+        resets_at: datetime,
+    ) -> None:
+        super().__init__(
+            f"needs {needed} tokens; the {scope} cap of {cap} tokens has {max(0, cap - used)} left"
+        )
+        self.needed = needed
+        self.used = used
+        self.cap = cap
+        self.scope = scope
+        self.subject_id = subject_id
+        self.resets_at = resets_at

@@ -20,21 +20,42 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ledger import queries
+from ledger import members, queries
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
+from ledger.alerts import alerts_in
+from ledger.archive import archive_batch
 from ledger.clock import Clock, SystemClock, from_text, to_text
-from ledger.errors import HoldNotFound, InsufficientTokens, UnknownPlan
+from ledger.errors import (
+    HoldNotFound,
+    InsufficientTokens,
+    InvalidAccount,
+    MemberCapReached,
+    UnknownPlan,
+)
+from ledger.members import Cap, MemberSpending
 from ledger.periods import add_months, period_containing
-from ledger.records import Adjustment, Balance, Hold, Resolution, SweepReport, UsageEntry, Violation
+from ledger.records import (
+    Adjustment,
+    Balance,
+    BalanceAlert,
+    CompactReport,
+    Hold,
+    Resolution,
+    SweepReport,
+    UsageEntry,
+    Violation,
+)
 from ledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +64,12 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "free": Plan("free", 250_000, 3),
     "pro": Plan("pro", 10_000_000, 0),
 }
+
+# Maintenance archives this many batches of holds per round, so a backlog is worked off
+# over several rounds instead of in one long stretch of writer time.
+ARCHIVE_BATCHES_PER_ROUND = 5
+IDLE_CHECKPOINT_SECONDS = 5.0
+LONG_READ_SECONDS = 1.0
 
 # The instances this process has open: any other instance recorded with our pid on this
 # host is a dead process whose pid was reused by us.
@@ -67,6 +94,7 @@ class Ledger:
         self.lease = timedelta(seconds=lease_seconds)
         self.instance_id = instance_id
         self._maintenance: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0.0
 
     @classmethod
     async def open(
@@ -78,8 +106,9 @@ class Ledger:
         hold_ttl_seconds: float = 900,
         lease_seconds: float = 30,
         kind: str = "bot",
+        secure_delete: bool = False,
     ) -> Ledger:
-        store = await Store.open(path)
+        store = await Store.open(path, secure_delete=secure_delete)
         ledger = cls(
             store,
             plans or DEFAULT_PLANS,
@@ -175,7 +204,41 @@ class Ledger:
                 period_end=to_text(end),
                 period_seq=row["period_seq"] + 1,
             )
+            await self._audit(
+                conn,
+                row,
+                "period_reset",
+                "ledger",
+                f"the period ended; next to {to_text(end)}",
+                now,
+            )
         return row
+
+    async def _audit(
+        self,
+        conn: aiosqlite.Connection,
+        row: dict[str, Any],
+        operation: str,
+        actor: str,
+        details: str,
+        now: datetime,
+    ) -> None:
+        """A row of the audit trail that moves no tokens (a plan change, a fresh period,
+        a refund), so that `history` and `export` show it beside the charges."""
+        await conn.execute(
+            "INSERT INTO token_usage (account_id, user_id, operation_type, tokens_used,"
+            " bonus_delta, status, period_seq, details, created_at)"
+            " VALUES (?, ?, ?, 0, 0, 'applied', ?, ?, ?)",
+            (row["account_id"], actor, operation, row["period_seq"], details, to_text(now)),
+        )
+
+    async def note_in(
+        self, conn: aiosqlite.Connection, account_id: str, operation: str, actor: str, details: str
+    ) -> None:
+        """An audit row of `operation` (billing's refunds), inside the caller's transaction."""
+        now = self.clock.now()
+        row = await self._account(conn, account_id, now)
+        await self._audit(conn, row, operation, actor, details, now)
 
     async def _journal(
         self,
@@ -205,17 +268,24 @@ class Ledger:
         user_id: str | int | None = None,
         guild_id: str | int | None = None,
         model: str | None = None,
+        *,
+        roles: Sequence[str | int] = (),
+        agent: str | None = None,
     ) -> Hold:
-        """Set `amount` aside, or raise InsufficientTokens and change nothing else."""
+        """Set `amount` aside, or raise InsufficientTokens (the pool) or MemberCapReached
+        (the member's cap; `roles` are theirs, highest first) and change nothing else."""
         check_account_id(account_id)
         check_amount(amount)
         user = None if user_id is None else str(user_id)
         guild = None if guild_id is None else str(guild_id)
+        role_ids = [str(r) for r in roles]
         hold_id = uuid.uuid4().hex
 
         async def op(conn: aiosqlite.Connection) -> Hold:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
+            if user is not None:
+                await self._hold_member(conn, row, user, role_ids, amount)
             updated = await conn.execute_fetchall(
                 "UPDATE usage_limits SET tokens_held = tokens_held + :amount, updated_at = :now"
                 " WHERE account_id = :account"
@@ -224,6 +294,8 @@ class Ledger:
                 {"amount": amount, "now": to_text(now), "account": account_id},
             )
             if not updated:
+                if user is not None:
+                    await members.unhold_in(conn, account_id, user, amount)
                 raise InsufficientTokens(
                     amount,
                     available(
@@ -236,8 +308,8 @@ class Ledger:
                 )
             await conn.execute(
                 "INSERT INTO holds (hold_id, account_id, user_id, guild_id, operation_type,"
-                " model_used, amount, instance_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model_used, amount, instance_id, created_at, expires_at, agent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     hold_id,
                     account_id,
@@ -249,6 +321,7 @@ class Ledger:
                     self.instance_id,
                     to_text(now),
                     to_text(now + self.hold_ttl),
+                    agent,
                 ),
             )
             after = updated[0]
@@ -257,6 +330,27 @@ class Ledger:
             )
 
         return await self.store.write(op)
+
+    async def _hold_member(
+        self,
+        conn: aiosqlite.Connection,
+        row: dict[str, Any],
+        user: str,
+        roles: list[str],
+        amount: int,
+    ) -> None:
+        account_id = row["account_id"]
+        cap = await members.cap_for(conn, account_id, user, roles)
+        seq = row["period_seq"]
+        if await members.hold_in(
+            conn, account_id, user, seq, amount, None if cap is None else cap.tokens
+        ):
+            return
+        assert cap is not None  # without a cap the hold is always admitted
+        used, held = await members.spending_row(conn, account_id, user, seq)
+        raise MemberCapReached(
+            amount, used + held, cap.tokens, cap.scope, cap.subject_id, from_text(row["period_end"])
+        )
 
     async def commit(self, hold: Hold | str, actual: int, details: str | None = None) -> Resolution:
         """Charge `actual` for a pending hold (in full, even above the hold) and free the rest."""
@@ -291,7 +385,7 @@ class Ledger:
         claimed = await conn.execute_fetchall(
             "UPDATE holds SET status = ?, charged = ?, resolved_at = ?, reason = ?"
             " WHERE hold_id = ? AND status = 'pending'"
-            " RETURNING account_id, user_id, guild_id, operation_type, model_used, amount",
+            " RETURNING account_id, user_id, guild_id, operation_type, model_used, amount, agent",
             (status, actual, to_text(now), details, hold_id),
         )
         if not claimed:
@@ -314,7 +408,7 @@ class Ledger:
         await conn.execute(
             "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
             " model_used, tokens_used, bonus_delta, status, hold_id, period_seq, details,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, agent, hold_amount) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 account_id,
                 hold["user_id"],
@@ -328,8 +422,24 @@ class Ledger:
                 row["period_seq"],
                 _excess_note(details, excess),
                 to_text(now),
+                hold["agent"],
+                hold["amount"],
             ),
         )
+        if hold["user_id"] is not None:
+            await members.settle_in(
+                conn,
+                account_id,
+                hold["user_id"],
+                row["period_seq"],
+                hold["amount"],
+                actual if status == "committed" else 0,
+            )
+        alerts: tuple[BalanceAlert, ...] = ()
+        if actual:
+            alerts = await alerts_in(
+                conn, {**row, "tokens_used": used, "bonus_tokens": bonus}, self.instance_id, now
+            )
         if excess:
             log.warning("hold %s on %s was exceeded by %d tokens", hold_id, account_id, excess)
         return Resolution(
@@ -340,6 +450,7 @@ class Ledger:
             excess,
             available(row["tokens_limit"], used, held, bonus),
             True,
+            alerts,
         )
 
     async def _earlier_resolution(
@@ -350,6 +461,14 @@ class Ledger:
             " JOIN usage_limits u USING (account_id) WHERE h.hold_id = ?",
             (hold_id,),
         )
+        if not rows:  # archived (ledger/archive.py): its audit row is its record
+            rows = await conn.execute_fetchall(
+                "SELECT CASE t.status WHEN 'charged' THEN 'committed' ELSE t.status END"
+                " AS status, COALESCE(t.hold_amount, t.tokens_used) AS amount,"
+                " t.tokens_used AS charged, u.* FROM token_usage t"
+                " JOIN usage_limits u USING (account_id) WHERE t.hold_id = ?",
+                (hold_id,),
+            )
         if not rows:
             raise HoldNotFound(f"no hold {hold_id!r}")
         r = dict(rows[0])
@@ -411,6 +530,34 @@ class Ledger:
             lambda conn: self._adjust(conn, account_id, amount, amount, actor, reason, "grant")
         )
 
+    async def grant_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        amount: int,
+        actor: str,
+        reason: str,
+        operation: str = "grant",
+    ) -> Adjustment:
+        """`grant` inside the caller's transaction, recorded as `operation` (a token pack)."""
+        check_amount(amount)
+        return await self._adjust(conn, account_id, amount, amount, actor, reason, operation)
+
+    async def revoke_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        amount: int,
+        actor: str,
+        reason: str,
+        operation: str = "revoke",
+    ) -> Adjustment:
+        """`revoke` inside the caller's transaction: at most the bonus left, never below 0."""
+        check_amount(amount)
+        row = await self._account(conn, account_id, self.clock.now())
+        taken = min(amount, row["bonus_tokens"])
+        return await self._adjust(conn, account_id, amount, -taken, actor, reason, operation)
+
     async def revoke(
         self, account_id: str, amount: int, actor: str, reason: str, *, maximum: int | None = None
     ) -> Adjustment:
@@ -418,12 +565,9 @@ class Ledger:
         check_account_id(account_id)
         check_amount(amount, maximum=maximum)
 
-        async def op(conn: aiosqlite.Connection) -> Adjustment:
-            row = await self._account(conn, account_id, self.clock.now())
-            taken = min(amount, row["bonus_tokens"])
-            return await self._adjust(conn, account_id, amount, -taken, actor, reason, "revoke")
-
-        return await self.store.write(op)
+        return await self.store.write(
+            lambda conn: self.revoke_in(conn, account_id, amount, actor, reason)
+        )
 
     async def _adjust(
         self,
@@ -496,19 +640,51 @@ class Ledger:
     ) -> Balance:
         """`set_plan` inside a write transaction the caller already holds (billing uses it
         so that an event's plan change and its record commit together)."""
+        now = self.clock.now()
+        period = None
+        if period_end is not None and period_end > now:
+            period = (now, period_end, period_end)
+        return await self.enter_period_in(conn, account_id, plan, period, actor, reason)
+
+    async def enter_period_in(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        plan: str,
+        period: tuple[datetime, datetime, datetime] | None,
+        actor: str,
+        reason: str,
+    ) -> Balance:
+        """Put the account on `plan` and, with `period` = (start, end, anchor), in that
+        period: a period other than the current one is fresh (usage back to 0) and later
+        ones step monthly from `anchor`; the same period only takes the new anchor.
+        Without `period` the current period and its usage are kept. Each plan change and
+        each fresh period is a row of the audit trail, with its actor and reason."""
         target = self.plan(plan)
         now = self.clock.now()
         row = await self._account(conn, account_id, now)
-        if period_end is not None and period_end > now:
-            row.update(
-                tokens_used=0,
-                period_start=to_text(now),
-                period_end=to_text(period_end),
-                period_anchor=to_text(period_end),
-                period_seq=row["period_seq"] + 1,
-            )
+        fresh = False
+        if period is not None:
+            start, end, anchor = (to_text(t) for t in period)
+            fresh = (start, end) != (row["period_start"], row["period_end"])
+            if fresh:
+                row.update(
+                    tokens_used=0,
+                    period_start=start,
+                    period_end=end,
+                    period_seq=row["period_seq"] + 1,
+                )
+            row.update(period_anchor=anchor)
         old_plan = row["plan_type"]
         row.update(plan_type=target.name, tokens_limit=target.monthly_tokens)
+        if old_plan != target.name:
+            await self._audit(
+                conn, row, "plan_change", actor, f"{old_plan} -> {target.name}: {reason}", now
+            )
+        if fresh:
+            await self._audit(
+                conn, row, "period_reset", actor, f"{reason}; to {row['period_end']}", now
+            )
         await conn.execute(
             "UPDATE usage_limits SET plan_type = ?, tokens_limit = ?, tokens_used = ?,"
             " period_start = ?, period_end = ?, period_anchor = ?, period_seq = ?,"
@@ -529,6 +705,107 @@ class Ledger:
             conn, account_id, "plan", None, old_plan, target.name, actor, reason, now
         )
         return queries.balance_from_row(row, now)
+
+    # ---- caps on members' spending (ledger/members.py) ---------------------------------
+
+    async def set_cap(
+        self,
+        account_id: str,
+        scope: str,
+        subject_id: str | int,
+        tokens: int,
+        *,
+        actor: str,
+        reason: str,
+        maximum: int | None = None,
+    ) -> int | None:
+        """Set a monthly cap on members' spending from a server's pool (`scope` member,
+        role or default); journaled. Returns the cap it replaced, if any."""
+        cap = self._cap(account_id, scope, subject_id, tokens, maximum)
+
+        async def op(conn: aiosqlite.Connection) -> int | None:
+            now = self.clock.now()
+            await self._account(conn, account_id, now)
+            old = await members.set_cap_in(conn, account_id, cap, to_text(now))
+            await self._journal(
+                conn,
+                account_id,
+                _cap_action(cap.scope, cap.subject_id),
+                tokens,
+                None if old is None else str(old),
+                str(tokens),
+                actor,
+                reason,
+                now,
+            )
+            return old
+
+        return await self.store.write(op)
+
+    async def clear_cap(
+        self, account_id: str, scope: str, subject_id: str | int, *, actor: str, reason: str
+    ) -> int | None:
+        """Remove a cap (journaled when there was one); returns it, or None."""
+        cap = self._cap(account_id, scope, subject_id, 0, None)
+
+        async def op(conn: aiosqlite.Connection) -> int | None:
+            now = self.clock.now()
+            await self._account(conn, account_id, now)
+            old = await members.clear_cap_in(conn, account_id, cap.scope, cap.subject_id)
+            if old is not None:
+                await self._journal(
+                    conn,
+                    account_id,
+                    _cap_action(cap.scope, cap.subject_id),
+                    None,
+                    str(old),
+                    None,
+                    actor,
+                    reason,
+                    now,
+                )
+            return old
+
+        return await self.store.write(op)
+
+    def _cap(
+        self, account_id: str, scope: str, subject_id: str | int, tokens: int, maximum: int | None
+    ) -> Cap:
+        check_account_id(account_id)
+        check_amount(tokens, allow_zero=True, maximum=maximum)
+        if not members.capped(account_id):
+            raise InvalidAccount(f"caps apply to server accounts, not {account_id}")
+        if scope not in members.SCOPES:
+            raise ValueError(f"unknown cap scope {scope!r}")
+        subject = "" if scope == "default" else str(subject_id)
+        if scope != "default" and not subject.isdigit():
+            raise ValueError(f"a {scope} cap needs a numeric id, not {subject_id!r}")
+        return Cap(scope, subject, tokens)
+
+    async def caps(self, account_id: str) -> list[Cap]:
+        check_account_id(account_id)
+        return await members.all_caps(self.store.reader, account_id)
+
+    async def member_spending(
+        self, account_id: str, user_id: str | int, roles: Sequence[str | int] = ()
+    ) -> MemberSpending:
+        """One member's use of the pool this period, and the cap that applies to them."""
+        check_account_id(account_id)
+        return await queries.member_spending(
+            self.store.reader, account_id, str(user_id), [str(r) for r in roles], self.clock.now()
+        )
+
+    async def note_refusal(self, account_id: str) -> tuple[BalanceAlert, ...]:
+        """A reserve on `account_id` was refused for lack of tokens: raise the 0% alert if
+        the pool is under 20% and this is the first time this period."""
+        check_account_id(account_id)
+
+        async def op(conn: aiosqlite.Connection) -> tuple[BalanceAlert, ...]:
+            now = self.clock.now()
+            row = await self._account(conn, account_id, now)
+            return await alerts_in(conn, row, self.instance_id, now, refused=True)
+
+        return await self.store.write(op)
 
     # ---- processes: leases and the sweeper ---------------------------------------------
 
@@ -654,11 +931,74 @@ class Ledger:
             try:
                 await self.renew_lease()
                 await self.sweep()
+                await self.archive_holds(max_batches=ARCHIVE_BATCHES_PER_ROUND)
+                await self._checkpoint_when_idle()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a busy database must not kill the lease loop
                 log.exception("ledger maintenance failed; retrying")
             await asyncio.sleep(interval)
+
+    # ---- a bounded database: archive, checkpoint, compact -----------------------------
+
+    async def archive_holds(self, max_batches: int | None = None) -> int:
+        """Delete resolved holds older than their time to live, whose audit rows stand for
+        them (ledger/archive.py), in short batches on the writer. Returns how many."""
+        cutoff = to_text(self.clock.now() - self.hold_ttl)
+        total, batches = 0, 0
+        while max_batches is None or batches < max_batches:
+            deleted = await self.store.on_writer(lambda raw: archive_batch(raw, cutoff))
+            if deleted is None:
+                break
+            total += deleted
+            batches += 1
+        return total
+
+    async def _checkpoint_when_idle(self) -> None:
+        """Empty the WAL once the writer has rested a while, so the file shrinks back
+        after a burst or a long reader instead of keeping its largest size."""
+        idle = time.monotonic() - self.store.last_write
+        if idle >= IDLE_CHECKPOINT_SECONDS and self._checkpointed_at != self.store.last_write:
+            mark = self.store.last_write
+            if not (await self.store.checkpoint("TRUNCATE")).busy:
+                self._checkpointed_at = mark
+
+    async def _after_long_read(self, started: float) -> None:
+        """Empty the WAL that built up while a long job read (its pages are short reads,
+        but the log grew meanwhile and keeps its size until a checkpoint truncates it)."""
+        if time.monotonic() - started >= LONG_READ_SECONDS:
+            await self.store.checkpoint("TRUNCATE")
+
+    async def compact(self, step_pages: int = 2_000) -> CompactReport:
+        """Reclaim space online: archive every eligible hold, give free pages back to the
+        file system a few thousand at a time (incremental vacuum: writers only wait for
+        one step), and empty the WAL. A database made before auto_vacuum=INCREMENTAL
+        needs one full VACUUM first (writers wait for it): `converted` says it ran."""
+        archived = await self.archive_holds()
+        converted = await self.store.on_writer(_pragma_value("auto_vacuum")) != 2
+        if converted:
+
+            def convert(raw: sqlite3.Connection) -> None:
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+
+            await self.store.on_writer(convert)
+        freed = 0
+        while True:
+
+            def step(raw: sqlite3.Connection) -> int:
+                before = raw.execute("PRAGMA freelist_count").fetchone()[0]
+                if before:
+                    raw.execute(f"PRAGMA incremental_vacuum({step_pages})").fetchall()
+                return before - raw.execute("PRAGMA freelist_count").fetchone()[0]
+
+            pages = await self.store.on_writer(step)
+            freed += pages
+            if pages == 0:
+                break
+        page_size = await self.store.on_writer(_pragma_value("page_size"))
+        checkpoint = await self.store.checkpoint("TRUNCATE")
+        return CompactReport(archived, freed * page_size, converted, not checkpoint.busy)
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -683,7 +1023,11 @@ class Ledger:
         page: int = queries.EXPORT_PAGE,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        return await queries.export_csv(self.store.reader, out, page=page, progress=progress)
+        started = time.monotonic()
+        try:
+            return await queries.export_csv(self.store.reader, out, page=page, progress=progress)
+        finally:
+            await self._after_long_read(started)
 
     async def verified_before(self) -> bool:
         """Whether a clean verify has recorded a checkpoint to start from."""
@@ -694,7 +1038,11 @@ class Ledger:
     ) -> list[Violation]:
         """The invariants: incremental from the last clean run (recorded in the ledger),
         or the whole log with `full`. A clean run records itself for the next one."""
-        outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+        started = time.monotonic()
+        try:
+            outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+        finally:
+            await self._after_long_read(started)
         if not outcome.violations:
             mode = "incremental" if outcome.base else "full"
             now = to_text(self.clock.now())
@@ -714,6 +1062,14 @@ def _process_alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
+    return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def _cap_action(scope: str, subject_id: str) -> str:
+    return f"cap_{scope}" + (f":{subject_id}" if subject_id else "")
 
 
 def _hold_id(hold: Hold | str) -> str:

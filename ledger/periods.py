@@ -21,13 +21,13 @@ def add_months(anchor: datetime, months: int) -> datetime:
 
 
 def period_containing(anchor: datetime, now: datetime) -> tuple[datetime, datetime]:
-    """The monthly period that holds `now`; `now` must not be before `anchor`."""
-    if now < anchor:
-        raise ValueError("now is before the anchor")
+    """The monthly period that holds `now`, on the grid of whole months stepped from
+    `anchor` either way: an annual subscription's grid is anchored at its renewal date,
+    a year ahead, and its monthly periods are the steps back from it."""
     # A first guess from the month difference, then correct by at most a step or two.
-    n = max(0, (now.year - anchor.year) * 12 + now.month - anchor.month - 1)
+    n = (now.year - anchor.year) * 12 + now.month - anchor.month - 1
     while add_months(anchor, n + 1) <= now:
         n += 1
-    while n > 0 and add_months(anchor, n) > now:
+    while add_months(anchor, n) > now:
         n -= 1
     return add_months(anchor, n), add_months(anchor, n + 1)

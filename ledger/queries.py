@@ -10,8 +10,10 @@ from typing import IO, Any
 
 import aiosqlite
 
+from ledger import members
 from ledger.accounts import Plan, available
 from ledger.clock import from_text, to_text
+from ledger.members import MemberSpending
 from ledger.periods import add_months, period_containing
 from ledger.records import Balance, UsageEntry
 
@@ -70,6 +72,18 @@ async def balance(
             add_months(now, 1),
         )
     return balance_from_row(row, now)
+
+
+async def member_spending(
+    conn: aiosqlite.Connection, account_id: str, user_id: str, roles: list[str], now: datetime
+) -> MemberSpending:
+    row = await _row(conn, account_id)
+    cap = await members.cap_for(conn, account_id, user_id, roles)
+    if row is None:
+        return MemberSpending(account_id, user_id, 0, 0, cap)
+    seq = row["period_seq"] + (1 if _effective(row, now)[1] else 0)
+    used, held = await members.spending_row(conn, account_id, user_id, seq)
+    return MemberSpending(account_id, user_id, used, held, cap)
 
 
 async def usage_by_operation(

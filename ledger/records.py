@@ -22,6 +22,17 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class BalanceAlert:
+    """A low-balance threshold an account crossed for the first time this period."""
+
+    account_id: str
+    threshold: int  # percent of the monthly allowance left: 20 or 0
+    remaining: int
+    tokens_limit: int
+    period_end: datetime
+
+
+@dataclass(frozen=True)
 class Resolution:
     """How a hold ended. `first` is False when a repeat call returned the earlier end."""
 
@@ -32,6 +43,8 @@ class Resolution:
     excess: int  # charged beyond the hold (the work was done; it is charged in full)
     available: int
     first: bool
+    # Low-balance thresholds this charge crossed first in the period (ledger/alerts.py).
+    alerts: tuple[BalanceAlert, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,3 +108,11 @@ class Violation:
     def __str__(self) -> str:
         where = self.account_id or "ledger"
         return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    archived_holds: int
+    bytes_freed: int  # given back to the file system
+    converted: bool  # a full VACUUM switched the file to incremental vacuum first
+    wal_emptied: bool  # False when a reader kept the WAL alive

@@ -150,4 +150,58 @@ MIGRATIONS: list[str] = [
     CREATE INDEX token_usage_period
         ON token_usage(account_id, period_seq, status, operation_type, tokens_used);
     """,
+    # 5: per-member caps inside a server's pool, per-member spending counters, the agent
+    # each charge served, and the low-balance alerts already raised (once per period).
+    """
+    CREATE TABLE member_caps (
+        account_id  TEXT NOT NULL REFERENCES usage_limits(account_id),
+        scope       TEXT NOT NULL CHECK (scope IN ('member', 'role', 'default')),
+        subject_id  TEXT NOT NULL,  -- the user id, the role id, or '' for the default
+        tokens      INTEGER NOT NULL CHECK (tokens >= 0),
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (account_id, scope, subject_id)
+    );
+
+    -- One row per member of an account, like usage_limits: tokens_used is this member's
+    -- charges in period_seq (reset when the account's period moves on), tokens_held the
+    -- member's pending holds.
+    CREATE TABLE member_spending (
+        account_id  TEXT NOT NULL REFERENCES usage_limits(account_id),
+        user_id     TEXT NOT NULL,
+        period_seq  INTEGER NOT NULL,
+        tokens_used INTEGER NOT NULL DEFAULT 0 CHECK (tokens_used >= 0),
+        tokens_held INTEGER NOT NULL DEFAULT 0 CHECK (tokens_held >= 0),
+        PRIMARY KEY (account_id, user_id)
+    );
+    INSERT INTO member_spending (account_id, user_id, period_seq, tokens_used, tokens_held)
+    SELECT u.account_id, m.user_id, u.period_seq,
+      COALESCE((SELECT SUM(t.tokens_used) FROM token_usage t WHERE t.account_id = u.account_id
+        AND t.user_id = m.user_id AND t.period_seq = u.period_seq AND t.status = 'charged'), 0),
+      COALESCE((SELECT SUM(h.amount) FROM holds h WHERE h.account_id = u.account_id
+        AND h.user_id = m.user_id AND h.status = 'pending'), 0)
+    FROM usage_limits u JOIN (
+      SELECT account_id, user_id FROM token_usage WHERE user_id IS NOT NULL
+        AND status = 'charged'
+      UNION SELECT account_id, user_id FROM holds WHERE user_id IS NOT NULL
+        AND status = 'pending'
+    ) m ON m.account_id = u.account_id;
+
+    ALTER TABLE holds ADD COLUMN agent TEXT;
+    ALTER TABLE token_usage ADD COLUMN agent TEXT;
+
+    CREATE TABLE balance_alerts (
+        account_id   TEXT NOT NULL REFERENCES usage_limits(account_id),
+        period_seq   INTEGER NOT NULL,
+        threshold    INTEGER NOT NULL,  -- percent of the allowance left: 20, then 0
+        remaining    INTEGER NOT NULL,
+        instance_id  TEXT NOT NULL,     -- the process that raised it, and delivers it
+        created_at   TEXT NOT NULL,
+        PRIMARY KEY (account_id, period_seq, threshold)
+    );
+    """,
+    # 6: the amount a hold set aside, on the audit row it produced, so that row stands for
+    # the hold once the hold row is archived (ledger/archive.py).
+    """
+    ALTER TABLE token_usage ADD COLUMN hold_amount INTEGER;
+    """,
 ]

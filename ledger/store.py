@@ -5,6 +5,8 @@ Promises:
   and only the writer thread touches that connection, so transactions never interleave;
 - operations that arrive while a transaction is running are applied together in the
   next one (group commit): one fsync pays for many of them;
+- each operation runs inside a savepoint of its own: one that raises a domain error
+  (a LedgerError) leaves nothing of what it wrote, and its neighbours still commit;
 - if a batch fails for a reason other than a domain error, it is rolled back whole and
   each operation is retried alone, so one bad operation never fails its neighbours;
 - commits are durable: `synchronous=FULL` in WAL mode fsyncs the log at each commit. A
@@ -50,22 +52,32 @@ BUSY_TIMEOUT_MS = 10_000
 # busy_timeout; the caller sees "database is locked" only after all of them.
 BUSY_RETRIES = 5
 MAX_BATCH = 256
+# After a checkpoint has emptied it, the WAL file is cut back to this size; without a
+# limit it keeps the largest size it ever reached (one long reader) for the process's life.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-def _pragmas() -> list[str]:
+def _pragmas(secure_delete: bool = False) -> list[str]:
     return [
+        # Before WAL, which writes the header: a new database frees pages on
+        # `ledger compact` (incremental_vacuum) without a VACUUM that locks writers out.
+        "PRAGMA auto_vacuum=INCREMENTAL",
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=FULL",
         f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
         "PRAGMA foreign_keys=ON",
+        f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}",
+        # Some builds (Debian's) turn it on: every deleted page is zeroed and logged, so a
+        # 20k-chunk document delete wrote 157 MiB of WAL. Off unless storage.secure_delete.
+        f"PRAGMA secure_delete={'ON' if secure_delete else 'OFF'}",
     ]
 
 
-async def connect(path: str | Path) -> aiosqlite.Connection:
+async def connect(path: str | Path, *, secure_delete: bool = False) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     conn.row_factory = aiosqlite.Row
     try:
-        for pragma in _pragmas():
+        for pragma in _pragmas(secure_delete):
             await conn.execute(pragma)
     except BaseException:
         await conn.close()
@@ -73,12 +85,12 @@ async def connect(path: str | Path) -> aiosqlite.Connection:
     return conn
 
 
-def connect_sync(path: str | Path) -> sqlite3.Connection:
+def connect_sync(path: str | Path, *, secure_delete: bool = False) -> sqlite3.Connection:
     # Created on the loop's thread, then used only by the writer thread.
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     try:
-        for pragma in _pragmas():
+        for pragma in _pragmas(secure_delete):
             conn.execute(pragma)
     except BaseException:
         conn.close()
@@ -178,16 +190,17 @@ class Store:
         )
         self.batches = 0
         self.operations = 0
+        self.last_write = time.monotonic()
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
+    async def open(cls, path: str | Path, *, secure_delete: bool = False) -> Store:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await asyncio.to_thread(connect_sync, path)
+        writer = await asyncio.to_thread(connect_sync, path, secure_delete=secure_delete)
         try:
             await asyncio.to_thread(lambda: drive(migrate(SyncConnection(writer))))  # type: ignore[arg-type]
-            reader = await connect(path)
+            reader = await connect(path, secure_delete=secure_delete)
         except BaseException:
             writer.close()
             raise
@@ -221,10 +234,9 @@ class Store:
     async def write(self, op: Operation[T]) -> T:
         """Run `op` inside a write transaction and return its result.
 
-        The operation may be batched with others in one transaction. It must raise a
-        LedgerError only when what it wrote so far is correct to keep (such as creating
-        the account or rolling its period over before refusing a reserve). It may await
-        only the connection it is given.
+        The operation may be batched with others in one transaction. If it raises, none
+        of what it wrote is kept (a LedgerError is its outcome; anything else fails the
+        batch, which is retried op by op). It may await only the connection it is given.
         """
         if self._task is None:
             raise RuntimeError("the ledger is closed")
@@ -281,6 +293,7 @@ class Store:
         outcomes = await loop.run_in_executor(self._thread, self._transaction, ops)
         self.batches += 1
         self.operations += len(ops)
+        self.last_write = time.monotonic()
         return outcomes
 
     def _transaction(self, ops: list[Operation[Any]]) -> list[Outcome]:
@@ -297,16 +310,52 @@ class Store:
         outcomes: list[Outcome] = []
         try:
             for op in ops:
+                # A savepoint per operation: a refusal or a failed check after some writes
+                # (a stored document before its charge was refused) must undo them all.
+                raw.execute("SAVEPOINT op")
                 try:
                     outcomes.append((drive(op(self.writer)), None))  # type: ignore[arg-type]
                 except LedgerError as error:
+                    raw.execute("ROLLBACK TO op")
                     outcomes.append((None, error))
+                raw.execute("RELEASE op")
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
         return outcomes
+
+    async def on_writer(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job` on the writer's thread between two batches, outside any transaction
+        (it opens its own), for maintenance that a write operation cannot do: pragmas,
+        checkpoints, vacuum. Paid calls queue behind it, so a job must be short."""
+        if self._task is None:
+            raise RuntimeError("the ledger is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, job, self.writer.raw)
+
+    async def checkpoint(self, mode: str = "TRUNCATE") -> Checkpointed:
+        """Copy the WAL into the database and, when no reader still needs it, empty it.
+        Never waits for a reader: a busy reader makes it a partial checkpoint."""
+        assert mode in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}
+
+        def job(raw: sqlite3.Connection) -> Checkpointed:
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, log_frames, done = raw.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            return Checkpointed(bool(busy), log_frames, done)
+
+        return await self.on_writer(job)
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    busy: bool  # a reader or writer was in the way: the WAL was not emptied
+    log_frames: int  # frames in the WAL (-1 if not in WAL mode; 0 once truncated)
+    checkpointed: int
 
 
 def _settle(pending: _Pending, result: Any, error: BaseException | None) -> None:
@@ -342,6 +391,18 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             raise
         version = number
     return max(version, len(MIGRATIONS))
+
+
+async def apply_migrations(conn: Any, table: str, migrations: list[str]) -> None:
+    """Apply the migrations of a part of the application (its own numbered list, tracked
+    in `table`) inside the caller's write transaction; the ledger's own use user_version."""
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+    rows = await conn.execute_fetchall(f"SELECT MAX(version) FROM {table}")
+    version = rows[0][0] or 0
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        for statement in split_statements(script):
+            await conn.execute(statement)
+        await conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (number,))
 
 
 def split_statements(script: str) -> list[str]:

@@ -18,6 +18,9 @@ WAL (a reader's snapshot keeps every page written after it alive):
   the walk's end and its pending holds in one snapshot, so the comparison is exact;
 - the holds in rowid ranges, each hold with its audit row in one snapshot.
 
+Members' spending counters (ledger/members.py) are checked in both modes against their
+account's current period and pending holds, a page of accounts per read.
+
 Archived holds (ledger/archive.py): a resolved hold older than its time to live may be
 deleted once its audit row is at or below `holds_archived_through`; that audit row is
 then the record of the hold (its id, status, charge and the amount held). The invariant
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
+from ledger import members
 from ledger.records import Violation
 
 PAGE = 50_000  # audit rows per read transaction
@@ -94,6 +98,7 @@ async def run(
     holds_from, hold_breaches = await _holds(conn, base.holds_from if base else 0, progress)
     found += hold_breaches
     found += await _lost_holds(conn, start, end)
+    found += [Violation(a, message) for a, message in await members.verify_in(conn)]
     return Outcome(found, base, Checkpoint(end, holds_from), accounts)
 
 
@@ -252,18 +257,23 @@ async def _holds(
 
 
 async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[Violation]:
-    """Audit rows of the walk naming a hold that has no row, above the archive's mark."""
-    archived = await _archived_through(conn)
+    """Audit rows of the walk naming a hold that has no row, above the archive's mark
+    (read in the same snapshot: archiving may move it while verify runs)."""
     found: list[Violation] = []
-    low = max(start, archived)
+    low = start
     while low < end:
         high = min(end, low + PAGE)
-        rows = await conn.execute_fetchall(
-            "SELECT t.account_id, t.hold_id FROM token_usage t"
-            " WHERE t.id > ? AND t.id <= ? AND t.hold_id IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.hold_id = t.hold_id)",
-            (low, high),
-        )
+        await conn.execute("BEGIN")
+        try:
+            archived = await _archived_through(conn)
+            rows = await conn.execute_fetchall(
+                "SELECT t.account_id, t.hold_id FROM token_usage t"
+                " WHERE t.id > ? AND t.id <= ? AND t.hold_id IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.hold_id = t.hold_id)",
+                (max(low, archived), high),
+            )
+        finally:
+            await conn.execute("COMMIT")
         found += [Violation(r[0], f"audit row of hold {r[1]} has no hold") for r in rows]
         low = high
     return found

@@ -108,21 +108,24 @@ def test_grant_revoke_plan_history_export_sweep_verify(
 
     spend(db, account, 321)
     code, out, _ = run(capsys, "ledger", "history", account)
-    lines = out.strip().splitlines()
-    assert code == 0 and len(lines) == 3
+    header, *lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 4
+    assert header.split()[:3] == ["when", "operation", "status"] and " by " in header
     assert "chat" in lines[0] and "321" in lines[0]  # newest first
-    assert "revoke" in lines[1] and "grant" in lines[2]
+    assert "plan_change" in lines[1] and "free -> pro: friend" in lines[1]
+    assert "revoke" in lines[2] and "grant" in lines[3]
+    assert all("cli:" in line for line in lines[1:])  # the acting operator
 
-    code, out, _ = run(capsys, "ledger", "history", account, "--json", "--limit", "2")
+    code, out, _ = run(capsys, "ledger", "history", account, "--json", "--limit", "3")
     entries = json.loads(out)
-    assert code == 0 and [e["operation_type"] for e in entries] == ["chat", "revoke"]
-    assert entries[0]["tokens_used"] == 321 and entries[1]["bonus_delta"] == -5_000
+    assert code == 0 and [e["operation_type"] for e in entries] == ["chat", "plan_change", "revoke"]
+    assert entries[0]["tokens_used"] == 321 and entries[2]["bonus_delta"] == -5_000
 
     spend(db, "guild:2", 10)
     code, out, _ = run(capsys, "ledger", "export")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and len(rows) == 4
-    assert [r["account_id"] for r in rows] == [account, account, account, "guild:2"]
+    assert code == 0 and len(rows) == 5
+    assert [r["account_id"] for r in rows] == [account] * 4 + ["guild:2"]
     assert rows[0]["operation_type"] == "grant" and rows[0]["bonus_delta"] == "5000"
 
     code, out, _ = run(capsys, "ledger", "sweep")

@@ -71,3 +71,13 @@ def test_the_progress_line_is_drawn_on_a_terminal_and_cleared_at_the_end() -> No
     shown = terminal.getvalue()
     assert "export: rows 50% (5/10)" in shown and "100% (10/10)" in shown
     assert shown.endswith("\r\x1b[K")
+
+
+def test_compact_archives_and_reports(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spend(db, "user:1", 100)
+    code, out, err = run(capsys, "ledger", "compact")
+    assert (code, err) == (0, "")
+    assert out.startswith("archived 0 resolved holds; gave back ") and out.endswith(
+        " MiB; WAL emptied\n"
+    )
+    assert run(capsys, "ledger", "verify", "--full")[0] == 0

@@ -196,3 +196,33 @@ def test_a_plan_given_in_part_keeps_its_other_defaults(
 def test_secrets_in_the_file_are_refused(tmp_path: Path) -> None:
     message = one_line_error(write(tmp_path, '[secrets]\ndiscord_token = "abc"\n'))
     assert "secrets" in message and "abc" not in message
+
+
+def test_billing_variants_packs_and_refund_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        """
+[lemonsqueezy]
+store_id = 12
+variant_id = 67890
+pro_variant_ids = [67891, "67892"]
+
+[lemonsqueezy.packs]
+"22222" = 1000000
+
+[billing]
+refund_policy = "downgrade"
+""",
+    )
+    config = load(str(path), env_file=None)
+    assert config.lemonsqueezy.store_id == "12"
+    assert config.lemonsqueezy.pro_variants() == {"67890", "67891", "67892"}
+    assert config.lemonsqueezy.packs == {"22222": 1_000_000}
+    assert config.billing.refund_policy == "downgrade"
+    monkeypatch.setenv("BOT_BILLING__REFUND_POLICY", "refund-everything")
+    assert "billing.refund_policy" in one_line_error(path)
+    monkeypatch.delenv("BOT_BILLING__REFUND_POLICY")
+    bad_pack = write(tmp_path, '[lemonsqueezy.packs]\n"1" = 0\n', name="pack.toml")
+    assert "lemonsqueezy.packs" in one_line_error(bad_pack)

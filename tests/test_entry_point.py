@@ -129,12 +129,10 @@ def test_check_wants_a_checkout_and_a_secret_once_billing_is_configured(tmp_path
 def test_export_into_a_pipe_that_closes_early_is_quiet(tmp_path: Path) -> None:
     db = make_db(tmp_path / "bot.db")
     with closing(sqlite3.connect(db)) as conn:  # enough rows to outgrow a pipe buffer
+        names = [row[1] for row in conn.execute("PRAGMA table_info(token_usage)")]
+        values = ", ".join("NULL" if n in {"id", "hold_id"} else n for n in names)
         for _ in range(11):
-            conn.execute(
-                "INSERT INTO token_usage SELECT NULL, account_id, user_id, guild_id,"
-                " operation_type, model_used, tokens_used, bonus_delta, status, NULL,"
-                " period_seq, details, created_at FROM token_usage"
-            )
+            conn.execute(f"INSERT INTO token_usage SELECT {values} FROM token_usage")
         conn.commit()
     script = f"{sys.executable} -m bot ledger export | head -2; exit ${{PIPESTATUS[0]}}"
     done = subprocess.run(

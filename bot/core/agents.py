@@ -23,6 +23,7 @@ from ledger import Ledger, LedgerError
 
 NAME_MAX = 32
 PROMPT_MAX = 4000  # a Discord modal's long text field holds at most 4,000 characters
+_DISCORD_REFUSES = ("discord", "clyde")
 _NAME = re.compile(r"[^\W_](?:[^\W_]|[ .'-](?=[^\W_]))*")
 
 
@@ -37,6 +38,11 @@ def check_name(raw: str) -> str:
             "Agent names may use letters, digits, single spaces and . ' - between them "
             "(no mentions, markdown or invisible characters)."
         )
+    folded = name.casefold()
+    for word in _DISCORD_REFUSES:
+        if word in folded:
+            # Discord refuses webhook usernames containing these: the agent could not speak.
+            raise InvalidInput(f'Discord does not allow names containing "{word}"; pick another.')
     return name
 
 

@@ -7,15 +7,22 @@ Errors become domain errors: a content-policy refusal is `ContentRejected`; rate
 5xx, timeouts, connection errors and answers we cannot use are `AIUnavailable`. No raw
 exception text ever reaches a member; the operator sees the status in the log, never
 the key.
+
+An OpenAI-compatible server is not trusted further than it must be: usage figures must be
+present, whole and non-negative (else `AIUnusable`: the call failed, nothing is charged);
+an answer is cut at the completion cap, whatever the server sent; and each call, retries
+and streaming included, ends by `deadline_seconds` of wall clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +30,20 @@ import numpy as np
 import openai
 
 from bot.config import OpenAISettings
-from bot.errors import AIUnavailable, ContentRejected
+from bot.core.tokens import count_tokens, truncate_tokens
+from bot.errors import AIUnavailable, AIUnusable, ContentRejected
 
 log = logging.getLogger(__name__)
 
 _POLICY_CODES = {"content_policy_violation", "moderation_blocked"}
 # Without a key the SDK refuses to start; a local OpenAI-compatible server ignores it.
 _PLACEHOLDER_KEY = "not-needed-for-a-local-server"
+# No real token is longer than this many characters: a piece is cut to its budget times
+# this before it is counted, so a flood costs the tokenizer no more than a normal answer.
+_MAX_TOKEN_CHARS = 32
+# No call uses more tokens than this (a million-token context, a hundred times over): a
+# larger figure is a server's error, and charged it would empty any account.
+_MAX_USAGE = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,23 @@ class AIGateway:
     async def close(self) -> None:
         await self.client.close()
 
+    @contextlib.asynccontextmanager
+    async def _calling(self, call: str, model: str) -> AsyncIterator[None]:
+        """Errors mapped, within the call's total deadline (the SDK's timeout bounds each
+        read, not the call)."""
+        try:
+            async with asyncio.timeout(self.settings.deadline_seconds):
+                with _mapped(call, model):
+                    yield
+        except TimeoutError:
+            log.warning(
+                "%s to %s passed its %gs deadline", call, model, self.settings.deadline_seconds
+            )
+            raise AIUnavailable() from None
+
     async def image(self, prompt: str) -> ImageResult:
         model = self.settings.image_model
-        with _mapped("image", model):
+        async with self._calling("image", model):
             answer = await self.client.images.generate(
                 model=model,
                 prompt=prompt,
@@ -115,27 +143,19 @@ class AIGateway:
         model: str | None = None,
     ) -> ChatResult:
         model = model or self.settings.chat_model
-        with _mapped("chat", model):
+        cap = max_completion_tokens or self.settings.max_completion_tokens
+        async with self._calling("chat", model):
             answer = await self.client.chat.completions.create(
                 model=model,
                 messages=messages,  # type: ignore[arg-type]
-                max_completion_tokens=max_completion_tokens or self.settings.max_completion_tokens,
+                max_completion_tokens=cap,
             )
         if not answer.choices or answer.usage is None:
             log.error("the chat API answered without choices or usage (model %s)", model)
-            raise AIUnavailable()
+            raise AIUnusable()
         message = answer.choices[0].message
-        text = message.content or message.refusal or ""
-        usage = answer.usage
-        log.info(
-            "chat from %s: %d prompt + %d completion tokens",
-            model,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-        )
-        return ChatResult(
-            text, model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-        )
+        text = _Capped(cap, model).take(message.content or message.refusal or "")
+        return _chat_result("chat", text, model, answer.usage)
 
     async def chat_stream(
         self,
@@ -149,13 +169,15 @@ class AIGateway:
         breaks, or ends without its usage chunk, raises AIUnavailable: what `on_text` got
         until then is all the caller has (and what a partial charge counts)."""
         model = model or self.settings.chat_model
+        cap = max_completion_tokens or self.settings.max_completion_tokens
+        capped = _Capped(cap, model)
         pieces: list[str] = []
         usage = None
-        with _mapped("chat stream", model):
+        async with self._calling("chat stream", model):
             stream = await self.client.chat.completions.create(
                 model=model,
                 messages=messages,  # type: ignore[arg-type]
-                max_completion_tokens=max_completion_tokens or self.settings.max_completion_tokens,
+                max_completion_tokens=cap,
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -164,28 +186,25 @@ class AIGateway:
                     if chunk.usage is not None:
                         usage = chunk.usage
                     for choice in chunk.choices[:1]:
-                        piece = choice.delta.content or choice.delta.refusal
+                        # Past the cap, pieces are read (the usage chunk comes last) but dropped.
+                        piece = capped.take(choice.delta.content or choice.delta.refusal or "")
                         if piece:
                             pieces.append(piece)
                             await on_text(piece)
+                    # Chunks already buffered are read without waiting: without this, one
+                    # stream runs to its end in a single step of the loop, and dozens at
+                    # once stall every other task for seconds (the load suite's 4.6 s).
+                    await asyncio.sleep(0)
             finally:
                 await stream.close()
         if usage is None:
             log.error("the chat stream of %s ended without its usage chunk", model)
             raise AIUnavailable()
-        log.info(
-            "chat stream from %s: %d prompt + %d completion tokens",
-            model,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-        )
-        return ChatResult(
-            "".join(pieces), model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-        )
+        return _chat_result("chat stream", "".join(pieces), model, usage)
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         model = self.settings.embedding_model
-        with _mapped("embeddings", model):
+        async with self._calling("embeddings", model):
             answer = await self.client.embeddings.create(
                 model=model,
                 input=texts,
@@ -200,10 +219,50 @@ class AIGateway:
         except (ValueError, TypeError, binascii.Error):
             log.error("the embeddings API answered vectors of uneven size or bad encoding")
             raise AIUnavailable() from None
-        log.info(
-            "embeddings from %s: %d inputs, %d tokens", model, len(texts), answer.usage.total_tokens
-        )
-        return EmbeddingResult(vectors, model, answer.usage.total_tokens)
+        (total,) = _usage("embeddings", model, answer.usage, "total_tokens")
+        log.info("embeddings from %s: %d inputs, %d tokens", model, len(texts), total)
+        return EmbeddingResult(vectors, model, total)
+
+
+def _usage(call: str, model: str, usage: object, *fields: str) -> tuple[int, ...]:
+    """The usage figures, each present, a whole number, not negative and not absurd; else
+    AIUnusable: what the call cost is unknowable, so it counts as failed, charging nothing."""
+    values = tuple(getattr(usage, name, None) for name in fields)
+    if any(type(value) is not int or not 0 <= value <= _MAX_USAGE for value in values):
+        shown = {name: repr(value)[:40] for name, value in zip(fields, values, strict=True)}
+        log.error("%s from %s reported unusable usage %s", call, model, shown)
+        raise AIUnusable()
+    return values  # type: ignore[return-value]
+
+
+def _chat_result(call: str, text: str, model: str, usage: object) -> ChatResult:
+    prompt, completion, total = _usage(
+        call, model, usage, "prompt_tokens", "completion_tokens", "total_tokens"
+    )
+    log.info("%s from %s: %d prompt + %d completion tokens", call, model, prompt, completion)
+    # A total below its parts would under-charge: the parts are what the model did.
+    return ChatResult(text, model, prompt, completion, max(total, prompt + completion))
+
+
+class _Capped:
+    """An answer cut at the completion cap (in the model's tokens), piece by piece: a
+    server that ignores max_completion_tokens cannot flood a thread or the history."""
+
+    def __init__(self, cap: int, model: str) -> None:
+        self.left = cap
+        self.model = model
+
+    def take(self, piece: str) -> str:
+        if not piece or self.left <= 0:
+            return ""
+        piece = piece[: self.left * _MAX_TOKEN_CHARS]
+        tokens = count_tokens(piece, self.model)
+        if tokens <= self.left:
+            self.left -= tokens
+            return piece
+        kept = truncate_tokens(piece, self.left, self.model)
+        self.left = 0
+        return kept
 
 
 def _pooled_client(max_connections: int) -> Any:

@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 import aiosqlite
 
 from bot.config import CostsSettings
+from bot.errors import AIUnusable
 from ledger import Hold, InsufficientTokens, Ledger
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class Meter:
             log.info("Calling %s for %s on %s", model, operation, actor.account_id)
             result = await call()
             charge = cost(result)
+            if type(charge) is not int or charge < 0:  # never a refund, never a float
+                log.error("%s on %s: %r is not a charge", operation, actor.account_id, charge)
+                raise AIUnusable()
         except BaseException as error:
             reason = (
                 "cancelled" if isinstance(error, asyncio.CancelledError) else type(error).__name__

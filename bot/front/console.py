@@ -36,6 +36,36 @@ def render(sent: Sent, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class StreamPrinter:
+    """Prints each answer as it happens. An edit that only extends its message prints
+    what it adds, so a streamed answer reads as it is written, not once per edit."""
+
+    def __init__(self, output: IO[str], out_dir: Path) -> None:
+        self.output = output
+        self.out_dir = out_dir
+        self.shown: dict[int, str] = {}  # id of a message as first sent -> its text now
+        self.mid_line = False
+
+    def __call__(self, sent: Sent) -> None:
+        now = sent.text()
+        before = self.shown.get(id(sent.of)) if sent.of is not None else None
+        if sent.kind == "edit" and before is not None and now.startswith(before):
+            print(now[len(before) :], end="", file=self.output, flush=True)
+            self.shown[id(sent.of)] = now
+            self.mid_line = True
+            return
+        if self.mid_line:
+            print(file=self.output)
+            self.mid_line = False
+        print(render(sent, self.out_dir), file=self.output, flush=True)
+        self.shown[id(sent.of or sent)] = now
+
+    def end(self) -> None:
+        if self.mid_line:
+            print(file=self.output, flush=True)
+            self.mid_line = False
+
+
 def save(file: discord.File, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = file.filename or "file"
@@ -61,18 +91,20 @@ async def run_console(
     try:
         await bot.load_cogs()
         runner = CommandRunner(bot, user_id=user_id, guild_id=guild_id)
+        printer = StreamPrinter(output, out_dir)
+        runner.listener = printer
         for line in lines:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             print(f"> {line}", file=output)
             try:
-                sent = await runner.run(line)
+                await runner.run(line)  # the printer shows each answer as it comes
             except UsageError as error:
                 print(f"error: {error}", file=output)
                 continue
-            for item in sent:
-                print(render(item, out_dir), file=output)
+            finally:
+                printer.end()
             output.flush()
     finally:
         if own_services:

@@ -33,6 +33,7 @@ class Sent:
     ephemeral: bool = False
     allowed_mentions: discord.AllowedMentions | None = None
     at: float = 0.0  # loop time, to check the 3-second answer deadline
+    of: Sent | None = None  # for an edit: the message it edits (as first sent)
 
     def text(self) -> str:
         """Everything a member would read, as plain text."""
@@ -111,13 +112,16 @@ class StandInAttachment:
 
 
 class Transcript:
-    def __init__(self) -> None:
+    def __init__(self, listener: Callable[[Sent], None] | None = None) -> None:
         self.sent: list[Sent] = []
         self.started = asyncio.get_running_loop().time()
+        self.listener = listener  # told of each answer as it happens (the console's stream)
 
     def add(self, sent: Sent) -> Sent:
         sent.at = asyncio.get_running_loop().time() - self.started
         self.sent.append(sent)
+        if self.listener is not None:
+            self.listener(sent)
         return sent
 
 
@@ -168,7 +172,9 @@ class StandInMessage:
         self.id = len(interaction.transcript.sent)
 
     async def edit(self, content: str | None = None, **kwargs: Any) -> StandInMessage:
-        sent = self._interaction.transcript.add(_sent("edit", content, kwargs, self._interaction))
+        edit = _sent("edit", content, kwargs, self._interaction)
+        edit.of = self.sent.of or self.sent
+        sent = self._interaction.transcript.add(edit)
         return StandInMessage(self._interaction, sent)
 
 
@@ -290,6 +296,7 @@ class CommandRunner:
         # A channel object to run in instead of the plain stand-in one (tests use
         # subclasses of discord.TextChannel and discord.Thread here).
         self.channel: Any = None
+        self.listener: Callable[[Sent], None] | None = None  # see Transcript
 
     def find(self, path: list[str]) -> app_commands.Command[Any, ..., Any]:
         found: Any = self.bot.tree.get_command(path[0])
@@ -310,6 +317,7 @@ class CommandRunner:
     async def invoke(self, path: list[str], options: dict[str, Any]) -> list[Sent]:
         command = self.find(path)
         transcript = Transcript()
+        transcript.listener = self.listener
         interaction = StandInInteraction(
             self.bot,
             self.user,

@@ -11,10 +11,22 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.config import Config, LemonSqueezySettings, Secrets, StorageSettings
+from bot.billing import store as billing_store
+from bot.billing.apply import Outcome, apply_event
+from bot.billing.lemonsqueezy.webhook import parse_event
+from bot.billing.service import rules_of
+from bot.config import BillingSettings, Config, LemonSqueezySettings, Secrets, StorageSettings
 from bot.http.sidecar import build_app
 from ledger import Ledger, ManualClock
-from tests.billing.payloads import SECRET, encode, sign
+from tests.billing.payloads import (
+    PACK_TOKENS,
+    PACK_VARIANT,
+    PRO_VARIANTS,
+    SECRET,
+    STORE_ID,
+    encode,
+    sign,
+)
 
 
 @pytest.fixture
@@ -24,21 +36,51 @@ def billing_clock() -> ManualClock:
 
 @pytest.fixture
 async def billing_ledger(tmp_path: Path, billing_clock: ManualClock) -> AsyncIterator[Ledger]:
-    opened = await Ledger.open(tmp_path / "bot.db", clock=billing_clock)
+    opened = await open_billing_ledger(tmp_path / "bot.db", billing_clock)
     try:
         yield opened
     finally:
         await opened.close()
 
 
-def make_config(tmp_path: Path, *, secret: str | None = SECRET, test_mode: bool = False) -> Config:
+async def open_billing_ledger(path: Path, clock: ManualClock) -> Ledger:
+    """A ledger with the billing tables, as `bot.runtime.open_ledger` opens one."""
+    opened = await Ledger.open(path, clock=clock)
+    try:
+        await billing_store.migrate(opened.store)
+    except BaseException:
+        await opened.close()
+        raise
+    return opened
+
+
+def make_config(
+    tmp_path: Path,
+    *,
+    secret: str | None = SECRET,
+    test_mode: bool = False,
+    refund_policy: str = "keep",
+) -> Config:
+    """The store and variants of tests/billing/payloads.py: monthly and annual Pro, a pack."""
     return Config(
         storage=StorageSettings(database=str(tmp_path / "bot.db"), data_dir=str(tmp_path / "data")),
-        lemonsqueezy=LemonSqueezySettings(test_mode=test_mode),
+        lemonsqueezy=LemonSqueezySettings(
+            test_mode=test_mode,
+            store_id=STORE_ID,
+            pro_variant_ids=list(PRO_VARIANTS),
+            packs={PACK_VARIANT: PACK_TOKENS},
+        ),
+        billing=BillingSettings(refund_policy=refund_policy),  # type: ignore[arg-type]
         secrets=Secrets(
             lemonsqueezy_webhook_secret=SecretStr(secret) if secret else None, _env_file=None
         ),
     )
+
+
+async def deliver(ledger: Ledger, config: Config, payload: dict[str, Any] | bytes) -> Outcome:
+    """An event applied as the sidecar applies it, without HTTP."""
+    body = payload if isinstance(payload, bytes) else encode(payload)
+    return await apply_event(ledger, parse_event(body), rules_of(config), body)
 
 
 class Sidecar:

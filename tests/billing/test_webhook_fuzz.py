@@ -13,8 +13,10 @@ unknown events, missing and wrongly typed fields. For every request:
 - without a right signature AND a readable event, nothing changes, not even
   `webhook_events`; an event that carries no state (unknown, recorded only, refund,
   test mode, stale, unreadable snapshot) adds its `webhook_events` row and nothing else;
-- an applied event leaves the account on the plan its status gives, with that plan's
-  allowance; every account row has a well-formed id and the allowance of its plan;
+- a stored snapshot gives its subscription the access its status gives, and an applied
+  event leaves the account Pro exactly when one of its subscriptions of a Pro variant
+  grants access (DESIGN.md), with that plan's allowance; every account row has a
+  well-formed id and the allowance of its plan;
 
 then every request answered 200 is replayed byte for byte and changes nothing, and
 `ledger.verify()` finds no violation. The number of requests is printed (run with -s).
@@ -42,9 +44,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.http.sidecar import build_app
-from ledger import Ledger, ManualClock
-from tests.billing.conftest import make_config
-from tests.billing.payloads import encode, invoice, order, sign, subscription
+from ledger import ManualClock
+from tests.billing.conftest import make_config, open_billing_ledger
+from tests.billing.payloads import PRO_VARIANTS, encode, invoice, order, sign, subscription
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SEEDED = "guild:1000"  # Pro through subscription 101 before each example
@@ -55,7 +57,7 @@ ALLOWED_STATUS = {200, 400, 401}  # 413 and 503 need a huge body or no secret: n
 ACCOUNT_RE = re.compile(r"(guild|user):[0-9]{1,20}")
 ACCOUNT_TABLES = ("usage_limits", "subscriptions", "holds", "token_usage", "journal")
 # Outcomes after which the account tables must be exactly as before.
-NO_CHANGE = {"duplicate", "stale", "invalid", "unknown", "refund", "test_mode_ignored"}
+NO_CHANGE = {"duplicate", "stale", "invalid", "unknown", "test_mode_ignored", "ignored"}
 
 FUZZ = settings(
     derandomize=True,  # the same examples on every run and machine
@@ -451,21 +453,35 @@ def _aware(value: Any) -> datetime | None:
         return None
 
 
-def expected_plan(attributes: dict[str, Any]) -> str | None:
-    """DESIGN.md: active, on_trial, past_due, cancelled before ends_at, paused with mode
-    free: pro; expired, unpaid: free; any other status: no plan (recorded only)."""
+def expected_access(attributes: dict[str, Any]) -> str | None:
+    """DESIGN.md: active, on_trial, past_due, paused with mode free: access; cancelled:
+    access until ends_at; expired, unpaid, paused otherwise: none; any other status: no
+    word on it (the subscription's access stays as it was)."""
     status = attributes.get("status")
     if status in ("active", "on_trial", "past_due"):
-        return "pro"
+        return "granted"
     if status in ("expired", "unpaid"):
-        return "free"
+        return "none"
     if status == "cancelled":
-        ends = _aware(attributes.get("ends_at"))
-        return "pro" if ends is not None and NOW < ends else "free"
+        return "until_end"
     if status == "paused":
         pause = attributes.get("pause")
-        return "pro" if isinstance(pause, dict) and pause.get("mode") == "free" else "free"
+        return "granted" if isinstance(pause, dict) and pause.get("mode") == "free" else "none"
     return None
+
+
+def account_is_pro(subscriptions: list[dict[str, Any]]) -> bool:
+    """Pro while ANY subscription of a Pro variant grants access (cancelled: before its
+    end), and no refund ended it."""
+    for row in subscriptions:
+        if row["variant_id"] not in PRO_VARIANTS or row["refunded_invoice"]:
+            continue
+        if row["access"] == "granted":
+            return True
+        ends = _aware(row["ends_at"])
+        if row["access"] == "until_end" and ends is not None and NOW < ends:
+            return True
+    return False
 
 
 @dataclass
@@ -473,7 +489,8 @@ class Intent:
     """What a readable, rightly signed event may do to the account tables."""
 
     snapshot: bool  # a subscription snapshot that can be stored
-    payment: bool  # an invoice that starts a fresh Pro period
+    payment: bool  # an invoice that pays for a new cycle
+    refund: bool  # a refund: a row of the account's history
     subscription_id: str | None
     account: str | None  # from custom_data, if well formed
 
@@ -503,7 +520,11 @@ def intent(payload: dict[str, Any], accept_test_mode: bool) -> Intent:
         and meta["event_name"] == "subscription_payment_success"
         and attributes.get("billing_reason") in ("initial", "renewal")
     )
-    return Intent(snapshot, payment, sub_id, account)
+    refund = not ignored and meta["event_name"] in (
+        "subscription_payment_refunded",
+        "order_refunded",
+    )
+    return Intent(snapshot, payment, refund, sub_id, account)
 
 
 def _typed(value: Any, *types: type) -> bool:
@@ -585,7 +606,7 @@ class Run:
         self.notices: list[tuple[str, str]] = []  # (account, plan) the bot would announce
 
     async def __aenter__(self) -> Run:
-        self.ledger = await Ledger.open(self.folder / "bot.db", clock=self.clock)
+        self.ledger = await open_billing_ledger(self.folder / "bot.db", self.clock)
         config = make_config(self.folder, test_mode=self.accept_test_mode)
         self.client = TestClient(TestServer(build_app(config, self.ledger, self._notify)))
         try:
@@ -689,40 +710,47 @@ class Run:
         self.recorded.add(digest)
         assert grew == 1  # every other event is recorded once, whatever it did
         what = intent(payload, self.accept_test_mode)
-        if not (what.snapshot or what.payment) or outcome in NO_CHANGE:
+        if not (what.snapshot or what.payment or what.refund) or outcome in NO_CHANGE:
             assert not changed, f"{outcome} changed {changed}"
             assert outcome in NO_CHANGE | {"recorded", "unlinked"}
             return
+        if outcome == "refund":
+            assert what.refund and "holds" not in changed
         account = what.account or (plan_of or {}).get("account_id")
         if what.snapshot:
             attributes = payload["data"]["attributes"]
             stored = await self.row(
                 "SELECT * FROM subscriptions WHERE subscription_id = ?", what.subscription_id
             )
+            if outcome == "ignored":  # a subscription of another variant, never stored
+                assert stored is None and not changed
+                return
             assert stored is not None and stored["status"] == attributes["status"]
             assert stored["account_id"] == account
-            plan = expected_plan(attributes)
+            access = expected_access(attributes)
+            if access is not None:
+                assert stored["access"] == access, (stored, attributes)
             if account is None:
                 assert outcome == "unlinked" and changed <= {"subscriptions"}
-            elif plan is None:
-                assert outcome == "recorded" and changed <= {"subscriptions"}
-            else:
-                assert outcome == "applied"
-                row = await self.row("SELECT * FROM usage_limits WHERE account_id = ?", account)
-                if row is None:  # an account never used is free until something moves it
-                    assert plan == "free" and not changed - {"subscriptions"}
-                else:
-                    assert row["plan_type"] == plan and row["tokens_limit"] == PLAN_TOKENS[plan]
-        else:
-            assert "subscriptions" not in changed
-            if outcome == "applied":
-                assert account is not None
-                row = await self.row("SELECT * FROM usage_limits WHERE account_id = ?", account)
-                assert row is not None and row["plan_type"] == "pro"
-                assert row["tokens_limit"] == PLAN_TOKENS["pro"] and row["tokens_used"] == 0
-                assert row["period_start"] < row["period_end"]
-            else:
-                assert outcome in {"unlinked", "recorded", "duplicate"} and not changed
+                return
+            assert outcome == "applied"
+        elif outcome not in ("applied", "refund"):
+            assert outcome in {"unlinked", "recorded", "duplicate"} and not changed
+            return
+        await self.plans_follow_subscriptions()
+
+    async def plans_follow_subscriptions(self) -> None:
+        """Every account is Pro exactly when its subscriptions say so."""
+        reader = self.ledger.store.reader
+        for row in await reader.execute_fetchall("SELECT * FROM usage_limits"):
+            subs = await reader.execute_fetchall(
+                "SELECT * FROM subscriptions WHERE account_id = ?", (row["account_id"],)
+            )
+            plan = "pro" if account_is_pro([dict(r) for r in subs]) else "free"
+            assert row["plan_type"] == plan and row["tokens_limit"] == PLAN_TOKENS[plan], (
+                dict(row),
+                [dict(r) for r in subs],
+            )
 
     async def invariants(self) -> None:
         rows = await self.ledger.store.reader.execute_fetchall("SELECT * FROM usage_limits")

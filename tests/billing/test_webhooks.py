@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ async def _state(ledger: Ledger) -> tuple[Any, ...]:
     tables = []
     for sql in (
         "SELECT account_id, plan_type, tokens_limit, tokens_used, period_end FROM usage_limits",
-        "SELECT subscription_id, account_id, status, plan, updated_at FROM subscriptions",
+        "SELECT subscription_id, account_id, status, access, updated_at FROM subscriptions",
         "SELECT account_id, action, new_value FROM journal",
+        "SELECT account_id, operation_type, bonus_delta, details FROM token_usage",
         "SELECT body_sha256, outcome FROM webhook_events WHERE outcome NOT IN ('duplicate')",
     ):
         tables.append([tuple(r) for r in await reader.execute_fetchall(sql)])
@@ -68,13 +70,28 @@ async def test_lifecycle(
     assert await billing_ledger.verify() == []
 
 
-async def test_renewal_resets_usage_once(sidecar: Sidecar, billing_ledger: Ledger) -> None:
+async def test_renewal_resets_usage_once(
+    sidecar: Sidecar, billing_ledger: Ledger, billing_clock: ManualClock
+) -> None:
     await sidecar.post(subscription("subscription_created"))
     hold = await billing_ledger.reserve(ACCOUNT, 123_456, "chat")
     await billing_ledger.commit(hold, 123_456)
-    renewal = invoice("subscription_payment_success", invoice_id="777", billing_reason="renewal")
+    billing_clock.set(datetime(2026, 12, 24, 10, 5, tzinfo=UTC))  # the cycle has renewed
+    renewal = invoice(
+        "subscription_payment_success",
+        invoice_id="777",
+        billing_reason="renewal",
+        created_at="2026-12-24T10:00:00.000000Z",
+    )
     assert (await sidecar.post(renewal))[1]["outcome"] == "applied"
-    assert (await billing_ledger.balance(ACCOUNT)).tokens_used == 0
+    renewed = subscription(
+        "subscription_updated",
+        updated_at="2026-12-24T10:00:01.000000Z",
+        renews_at="2027-01-24T10:00:00.000000Z",
+    )
+    assert (await sidecar.post(renewed))[1]["outcome"] == "applied"
+    balance = await billing_ledger.balance(ACCOUNT)
+    assert balance.tokens_used == 0 and balance.period_end.isoformat().startswith("2027-01-24")
     hold = await billing_ledger.reserve(ACCOUNT, 1_000, "chat")
     await billing_ledger.commit(hold, 1_000)
     status, data = await sidecar.post(renewal)  # exact replay
@@ -83,10 +100,10 @@ async def test_renewal_resets_usage_once(sidecar: Sidecar, billing_ledger: Ledge
     assert (await sidecar.post(renewal))[1]["outcome"] == "duplicate"
     assert (await billing_ledger.balance(ACCOUNT)).tokens_used == 1_000
     resets = await billing_ledger.store.reader.execute_fetchall(
-        "SELECT COUNT(*) FROM journal WHERE account_id = ? AND action = 'plan' AND reason LIKE 'payment%'",
+        "SELECT COUNT(*) FROM token_usage WHERE account_id = ? AND operation_type = 'period_reset'",
         (ACCOUNT,),
     )
-    assert resets[0][0] == 1
+    assert resets[0][0] == 2  # the subscription's first period, then the renewal's
     assert await billing_ledger.verify() == []
 
 
@@ -322,7 +339,44 @@ async def test_healthz(sidecar: Sidecar) -> None:
 
 
 def test_body_hash_is_of_the_raw_bytes() -> None:
-    from bot.http.sidecar import parse_event
+    from bot.billing.lemonsqueezy.webhook import parse_event
 
     body = encode(subscription("subscription_created"))
     assert parse_event(body).body_sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_an_unappliable_event_is_kept_and_logged_at_warning(
+    sidecar: Sidecar, billing_ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = subscription("subscription_updated")
+    del payload["data"]["attributes"]["updated_at"]
+    with caplog.at_level("WARNING"):
+        status, data = await sidecar.post(payload)
+    assert (status, data["outcome"]) == (200, "invalid")
+    assert any("kept as invalid" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    (row,) = await billing_ledger.store.reader.execute_fetchall(
+        "SELECT outcome, detail, body FROM webhook_events"
+    )
+    assert (row["outcome"], row["detail"]) == ("invalid", "no status or updated_at")
+    assert bytes(row["body"]) == encode(payload)
+
+
+async def test_a_failure_of_ours_keeps_the_body_for_a_replay(
+    sidecar: Sidecar, billing_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.billing import apply
+
+    async def broken(*args: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(apply, "_snapshot", broken)
+    payload = subscription("subscription_created")
+    status, data = await sidecar.post(payload)
+    assert (status, data["outcome"]) == (200, "invalid")
+    (row,) = await billing_ledger.store.reader.execute_fetchall(
+        "SELECT outcome, detail, body FROM webhook_events"
+    )
+    assert row["detail"] == "could not be applied: KeyError" and bytes(row["body"]) == encode(
+        payload
+    )
+    assert (await billing_ledger.balance(ACCOUNT)).plan_type == "free"

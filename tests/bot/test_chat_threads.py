@@ -29,9 +29,25 @@ class Posted:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-class Denied(discord.HTTPException):
+class Denied(discord.Forbidden):
     def __init__(self) -> None:  # no HTTP response to describe: Missing Permissions
         Exception.__init__(self, "403 Forbidden")
+        self.status = 403
+        self.code = 50013
+
+
+class FakeMessage:
+    """A posted message: an edit changes what its entry in the log shows."""
+
+    def __init__(self, posted: Posted) -> None:
+        self.posted = posted
+        self.edits = 0
+
+    async def edit(self, content: str | None = None, **kwargs: Any) -> None:
+        self.edits += 1
+        if content is not None:
+            self.posted.content = content
+        self.posted.kwargs.update(kwargs)
 
 
 class FakeHook:
@@ -39,9 +55,14 @@ class FakeHook:
 
     def __init__(self, log: list[Posted]) -> None:
         self.log = log
+        self.refuse: discord.HTTPException | None = None
 
-    async def send(self, content: str, **kwargs: Any) -> None:
-        self.log.append(Posted("webhook", content, kwargs))
+    async def send(self, content: str, **kwargs: Any) -> FakeMessage:
+        if self.refuse is not None:
+            raise self.refuse
+        posted = Posted("webhook", content, kwargs)
+        self.log.append(posted)
+        return FakeMessage(posted)
 
 
 class FakeThread(discord.Thread):
@@ -57,8 +78,10 @@ class FakeThread(discord.Thread):
     def parent(self) -> Any:  # type: ignore[override]
         return self._parent
 
-    async def send(self, content: str | None = None, **kwargs: Any) -> None:  # type: ignore[override]
-        self.log.append(Posted("thread", content, kwargs))
+    async def send(self, content: str | None = None, **kwargs: Any) -> FakeMessage:  # type: ignore[override]
+        posted = Posted("thread", content, kwargs)
+        self.log.append(posted)
+        return FakeMessage(posted)
 
     def typing(self) -> Any:  # type: ignore[override]
         return _Typing()

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import pytest
 
 from bot import services as services_module
 from bot.config import Config
+from bot.core import repository
 from bot.core.ai import AIGateway
 from bot.core.avatars.service import AvatarService
 from bot.services import Services
@@ -77,3 +79,87 @@ async def test_deleting_an_agent_finds_its_conversations_by_index(app_config: Co
     finally:
         await opened.close()
     assert any("INDEX conversations_agent" in row[-1] for row in plan), [tuple(r) for r in plan]
+
+
+async def _document(services: Services, chunks: int) -> tuple[int, int]:
+    repo = services.repo
+
+    async def op(conn: Any) -> tuple[int, int]:
+        agent = await repo.insert_agent_in(conn, "guild:1", "Nova", "You are Nova.", "7")
+        rows = [(i, 1, f"chunk {i}", b"\0" * 16) for i in range(chunks)]
+        document = await repo.insert_document_in(conn, agent.id, "a.txt", "text", 1, 9, "7", rows)
+        return agent.id, document
+
+    return await services.ledger.store.write(op)
+
+
+async def _orphans(services: Services) -> int:
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT COUNT(*) FROM chunks WHERE document_id NOT IN (SELECT id FROM documents)"
+    )
+    return int(rows[0][0])
+
+
+async def test_a_document_delete_killed_midway_leaves_no_orphan_chunks(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository, "CHUNK_DELETE_BATCH", 4)
+    agent_id, document = await _document(services, 30)
+    store = services.ledger.store
+    real_write, writes = store.write, 0
+
+    async def dies_at_the_third_write(op: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            raise KeyboardInterrupt  # as a process killed between two transactions
+        return await real_write(op)
+
+    monkeypatch.setattr(store, "write", dies_at_the_third_write)
+    with pytest.raises(KeyboardInterrupt):
+        await services.repo.delete_document(agent_id, document)
+    monkeypatch.setattr(store, "write", real_write)
+
+    assert await _orphans(services) == 0
+    assert [d.id for d in await services.repo.documents(agent_id)] == [document]
+    assert await services.repo.chunk_count("guild:1") == 30 - 2 * 4
+
+    await services.repo.delete_document(agent_id, document)  # deleting again finishes
+    assert await services.repo.documents(agent_id) == []
+    assert await services.repo.chunk_count("guild:1") == 0
+
+
+async def test_paid_calls_pass_between_the_batches_of_a_delete(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository, "CHUNK_DELETE_BATCH", 5)
+    agent_id, _ = await _document(services, 100)
+    done: list[str] = []
+
+    async def delete() -> None:
+        await services.repo.delete_agent(agent_id)
+        done.append("delete")
+
+    async def pay() -> None:
+        hold = await services.ledger.reserve("guild:1", 10, "chat")
+        await services.ledger.commit(hold, 5)
+        done.append("paid")
+
+    await asyncio.gather(delete(), pay())
+    assert done == ["paid", "delete"]  # it waited for a batch or two, not for 20 of them
+    assert await services.repo.agent_by_id(agent_id) is None
+    assert await _orphans(services) == 0 and await services.repo.chunk_count("guild:1") == 0
+
+
+async def test_secure_delete_is_off_unless_the_configuration_asks(app_config: Config) -> None:
+    for wanted in (False, True):
+        storage = app_config.storage.model_copy(update={"secure_delete": wanted})
+        config = app_config.model_copy(update={"storage": storage})
+        opened = await Services.open(config, ai=AIGateway(config.openai, "k", strict=True))
+        try:
+            rows = await opened.ledger.store.reader.execute_fetchall("PRAGMA secure_delete")
+            assert rows[0][0] == int(wanted)
+            raw = opened.ledger.store.writer.raw
+            assert raw.execute("PRAGMA secure_delete").fetchone()[0] == int(wanted)
+        finally:
+            await opened.close()

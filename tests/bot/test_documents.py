@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -144,3 +145,31 @@ async def test_remove_frees_storage_without_refund(
     assert "Removed **notes.md**" in text(sent) and "not refunded" in text(sent)
     assert await _stored(services) == (0, 0)
     assert (await services.ledger.balance(ACCOUNT)).tokens_used == used
+
+
+async def test_concurrent_uploads_never_pass_the_chunk_cap(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None
+) -> None:
+    """Issue 10, finding 10: four uploads at once all passed the early check. The commit
+    checks the cap again, in its transaction: two fit, two are refused and pay nothing."""
+    document = "\n\n".join(_pages(3)).encode()
+    await _upload(owner, "first.txt", document)
+    _, per_document = await _stored(services)
+    assert per_document > 1
+    await owner.run("/docs remove agent:Nova document:first.txt")
+    services.config.limits.max_chunks_per_account = 2 * per_document
+    before = fake_openai.count("embeddings")
+    gate = fake_openai.gate("embeddings")
+    uploads = [asyncio.ensure_future(_upload(owner, f"copy{n}.txt", document)) for n in range(4)]
+    await fake_openai.received("embeddings", before + 4)  # all four past the early check
+    gate.set()
+    told = [text(await upload) for upload in uploads]
+    assert sum("✅ Learned" in t for t in told) == 2
+    assert sum("Nothing was charged" in t for t in told) == 2
+    documents, chunks = await _stored(services)
+    assert (documents, chunks) == (2, 2 * per_document)
+    charges = [e.tokens_used for e in await services.ledger.history(ACCOUNT) if e.tokens_used]
+    assert len(charges) == 3 and len(set(charges)) == 1  # the first upload, the two stored
+    balance = await services.ledger.balance(ACCOUNT)
+    assert balance.tokens_held == 0 and balance.tokens_used == sum(charges)
+    assert await services.ledger.verify() == []

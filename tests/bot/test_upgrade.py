@@ -97,15 +97,7 @@ async def test_dm_upgrades_the_users_own_account(
 async def test_already_pro_gets_a_fresh_portal_link(
     owner: CommandRunner, with_api: Any, services: Services
 ) -> None:
-    from bot.http.sidecar import parse_event
-    from ledger.subscriptions import apply_event
-    from tests.billing.payloads import encode, subscription
-
-    await apply_event(
-        services.ledger,
-        parse_event(encode(subscription("subscription_created", sub_id="808"))),
-        accept_test_mode=False,
-    )
+    await _pro_through(services, "808", user_id=str(OWNER))
     sent = await owner.run("/upgrade")
     assert "on Pro; it renews <t:" in text(sent)
     assert sent[-1].buttons() == [
@@ -140,13 +132,16 @@ def test_sidecar_runs_alone(tmp_path: Path) -> None:
         assert process.wait(timeout=30) == 0
 
 
-async def _pro_through(services: Services, sub_id: str, user_id: str) -> None:
-    from bot.http.sidecar import parse_event
-    from ledger.subscriptions import apply_event
-    from tests.billing.payloads import encode, subscription
+async def _pro_through(services: Services, sub_id: str, user_id: str, **fields: Any) -> None:
+    from tests.billing.conftest import deliver
+    from tests.billing.payloads import PRO_VARIANTS, STORE_ID, subscription
 
-    body = encode(subscription("subscription_created", sub_id=sub_id, user_id=user_id))
-    await apply_event(services.ledger, parse_event(body), accept_test_mode=False)
+    services.config.lemonsqueezy.pro_variant_ids = list(PRO_VARIANTS)
+    services.config.lemonsqueezy.store_id = STORE_ID
+    payload = subscription(
+        fields.pop("event", "subscription_created"), sub_id=sub_id, user_id=user_id, **fields
+    )
+    assert (await deliver(services.ledger, services.config, payload)).outcome == "applied"
 
 
 async def test_a_member_of_a_pro_server_gets_no_portal_link(
@@ -174,3 +169,87 @@ async def test_a_manager_gets_the_portal_link(
     await _pro_through(services, "811", user_id=str(OWNER))
     sent = await as_user(MANAGER, manage=True).run("/upgrade")
     assert [label for label, _ in sent[-1].buttons()] == ["Manage subscription"]
+
+
+async def test_packs_have_a_checkout_button_beside_pro(
+    owner: CommandRunner, with_api: Any, services: Services
+) -> None:
+    services.config.lemonsqueezy.packs = {"9": 1_000_000, "10": 5_000_000}
+    sent = await owner.run("/upgrade")
+    labels = [label for label, _ in sent[-1].buttons()]
+    assert labels == ["Upgrade to Pro", "Buy 1,000,000 tokens", "Buy 5,000,000 tokens"]
+    variants = [r.body["data"]["relationships"]["variant"]["data"]["id"] for r in with_api.requests]
+    assert variants == ["34", "9", "10"]
+    for request in with_api.requests:  # every checkout carries the account
+        custom = request.body["data"]["attributes"]["checkout_data"]["custom"]
+        assert custom["account_id"] == f"guild:{GUILD}"
+
+
+async def test_packs_without_api_key_use_their_share_links(
+    owner: CommandRunner, services: Services
+) -> None:
+    ls = services.config.lemonsqueezy
+    ls.packs = {"9": 1_000_000}
+    ls.pack_checkout_urls = {"9": "https://shop.example/checkout/buy/pack"}
+    sent = await owner.run("/upgrade")
+    _, (label, pack) = sent[-1].buttons()
+    assert label == "Buy 1,000,000 tokens" and (pack or "").startswith(
+        "https://shop.example/checkout/buy/pack?"
+    )
+    assert parse_qs(urlsplit(pack or "").query)["checkout[custom][account_id]"] == [
+        f"guild:{GUILD}"
+    ]
+
+
+async def test_tokens_shows_manage_subscription_to_managers_only(
+    as_user: Callable[..., CommandRunner], with_api: Any, services: Services
+) -> None:
+    await _pro_through(services, "812", user_id=str(OWNER))
+    sent = await as_user(OWNER).run("/tokens")
+    assert sent[-1].buttons() == [
+        ("Manage subscription", "https://shop.example/billing?sub=812&expires=fresh")
+    ]
+    sent = await as_user(MEMBER).run("/tokens")
+    assert not sent[-1].buttons() and "Pro plan" in text(sent)
+
+
+async def test_past_due_shows_update_payment_method(
+    owner: CommandRunner, with_api: Any, services: Services
+) -> None:
+    await _pro_through(services, "813", user_id=str(OWNER), status="past_due")
+    sent = await owner.run("/upgrade")
+    assert sent[-1].buttons()[0] == (
+        "Update payment method",
+        "https://shop.example/billing/813/update-payment-method?expires=fresh",
+    )
+
+
+async def test_without_api_key_manage_opens_the_store_billing_page(
+    owner: CommandRunner, services: Services
+) -> None:
+    await _pro_through(services, "814", user_id=str(OWNER))
+    sent = await owner.run("/upgrade")
+    assert sent[-1].buttons() == [("Manage subscription", "https://shop.example/billing")]
+
+
+async def test_with_several_subscriptions_the_one_that_grants_and_ends_last(
+    owner: CommandRunner, with_api: Any, services: Services
+) -> None:
+    from tests.billing.payloads import ANNUAL
+
+    await _pro_through(services, "815", user_id=str(OWNER))  # monthly, renews 2026-12-24
+    await _pro_through(
+        services, "816", user_id=str(OWNER), variant_id=ANNUAL, renews_at="2027-11-24T10:00:00Z"
+    )
+    await _pro_through(  # the monthly one cancelled: it ends first
+        services,
+        "815",
+        user_id=str(OWNER),
+        event="subscription_cancelled",
+        status="cancelled",
+        ends_at="2026-12-24T10:00:00.000000Z",
+        updated_at="2026-11-25T10:00:00.000000Z",
+    )
+    sent = await owner.run("/upgrade")
+    assert "renews <t:1827050400:D>" in text(sent)  # 2027-11-24T10:00Z
+    assert with_api.requests[-1].path == "/v1/subscriptions/816"

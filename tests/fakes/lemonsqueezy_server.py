@@ -71,12 +71,14 @@ class FakeLemonSqueezy:
             return failed
         sub = request.match_info["id"]
         portal = f"https://shop.example/billing?sub={sub}&expires=fresh"
+        update = f"https://shop.example/billing/{sub}/update-payment-method?expires=fresh"
+        urls = {"customer_portal": portal, "update_payment_method": update}
         return web.json_response(
             {
                 "data": {
                     "type": "subscriptions",
                     "id": sub,
-                    "attributes": {"status": "active", "urls": {"customer_portal": portal}},
+                    "attributes": {"status": "active", "urls": urls},
                 }
             },
             content_type="application/vnd.api+json",

@@ -53,6 +53,7 @@ FAILURES = {
     "malformed",
     "missing_fields",
 }
+MISSING = object()  # in usage_override: leave the field out
 _WORD = re.compile(r"\w+")
 _PIECE = re.compile(r"\S+\s*|\s+")
 IMAGE_TOKENS = 85  # what the fake charges per image part of a chat message
@@ -128,6 +129,12 @@ class FakeOpenAI:
         # Endpoints whose requests wait, once received, until their event is set.
         self._gates: dict[str, asyncio.Event] = {}
         self._arrival = asyncio.Event()
+        # A misbehaving server: usage fields replaced in chat and embedding answers (the
+        # value MISSING removes the field), answers past max_completion_tokens, and JSON
+        # bodies sent a byte every `trickle` seconds.
+        self.usage_override: dict[str, Any] = {}
+        self.ignore_cap = False
+        self.trickle = 0.0
 
     # ---- what tests tell it -----------------------------------------------------------
 
@@ -232,13 +239,35 @@ class FakeOpenAI:
                 record.failed = failure
                 return await self._fail(failure)
             payload = getattr(self, f"_{endpoint}")(body, record)
+            if self.usage_override and "usage" in payload and endpoint != "images":
+                for name, value in self.usage_override.items():
+                    payload["usage"].pop(name, None)
+                    if value is not MISSING:
+                        payload["usage"][name] = value
+                record.usage = dict(payload["usage"])
             if self.hook is not None:
                 self.hook("completed", record)
             if endpoint == "chat" and body.get("stream"):
                 return await self._stream(request, body, payload, record)
+            if self.trickle:
+                return await self._trickled(request, payload)
             return web.json_response(payload)
         finally:
             self.in_flight -= 1
+
+    async def _trickled(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+        data = json.dumps(payload).encode()
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/json", "Content-Length": str(len(data))}
+        )
+        await response.prepare(request)
+        try:
+            for index in range(len(data)):
+                await response.write(data[index : index + 1])
+                await asyncio.sleep(self.trickle)
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client gave up: what the deadline is for
+        return response
 
     async def _fail(self, kind: str) -> web.StreamResponse:
         if kind == "timeout":
@@ -289,8 +318,9 @@ class FakeOpenAI:
             for piece in _PIECE.findall(text):
                 if fault is not None and record.chunks_sent >= fault[1]:
                     break
-                if self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                # Always yield: a real server's chunks come over time, and writing a whole
+                # answer in one step would stall the loop this fake shares with the bot.
+                await asyncio.sleep(self.chunk_delay)
                 await event(delta({"content": piece}))
                 record.chunks_sent += 1
                 record.streamed += piece
@@ -302,8 +332,8 @@ class FakeOpenAI:
             record.failed = f"stream {fault[0]} after {fault[1]}"
             if fault[0] == "stall":
                 await self._release.wait()
-            assert request.transport is not None
-            request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
+            if request.transport is not None:  # (a stalled client may have gone already)
+                request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
             return response
         await event(delta({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and not self.omit_stream_usage:
@@ -335,7 +365,8 @@ class FakeOpenAI:
         model = str(body.get("model", ""))
         # The real API stops at the cap; its format costs 3 tokens a message and 3 more
         # priming the reply (OpenAI's published figures).
-        answer = truncate_tokens(answer, cap, model)
+        if not self.ignore_cap:
+            answer = truncate_tokens(answer, cap, model)
         prompt = (
             sum(_content_tokens(m.get("content", ""), model) + 3 for m in messages) + REPLY_PRIMING
         )

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +120,24 @@ class Children:
         self.procs.append(proc)
         return proc
 
+    def race(self, count: int, script: str, *args: object) -> list[dict[str, Any]]:
+        """Start `count` copies of a worker that prints "ready", release them together
+        with "go", and return the JSON report each prints last."""
+        procs = [self.start(script, *args) for _ in range(count)]
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n", proc.communicate()[1]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        return reports
+
     def hold(
         self, amount: int, lease: float, behind: float = 0
     ) -> tuple[subprocess.Popen[str], str]:
@@ -165,19 +184,7 @@ async def test_two_processes_never_overspend(children: Children, db_path: Path) 
         await ledger.record(ACCOUNT, "avatar_upload")  # create the account and the schema
 
     # 2 x 200 reserves of 1,000, committing 500..1,000 each: far more than 250,000.
-    procs = [children.start(WORKER, 200, 4) for _ in range(2)]
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n", proc.communicate()[1]
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = children.race(2, WORKER, 200, 4)
 
     assert [r["errors"] for r in reports] == [[], []]
     committed = sum(r["committed"] for r in reports)

@@ -1,6 +1,7 @@
 """A stateful test: random reserves, commits, releases, expiries, grants, revokes, plan
-changes and clock moves against a small in-memory model of the ledger. After every step
-the model's balance must equal `Ledger.balance()` and `verify()` must find nothing."""
+changes, members' caps and clock moves against a small in-memory model of the ledger.
+After every step the model's balance and each member's spending must equal the ledger's,
+and `verify()` must find nothing."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ledger import (
     InsufficientTokens,
     Ledger,
     ManualClock,
+    MemberCapReached,
     Resolution,
     SweepReport,
 )
@@ -34,6 +36,9 @@ T = TypeVar("T")
 ACCOUNTS = ("user:1", "guild:2")
 LIMITS = {"free": 250_000, "pro": 10_000_000}
 TTL = 900
+USERS = ("7", "8")
+ROLE = "70"
+CAP_KEYS = (("member", "7"), ("role", ROLE), ("default", ""))
 START = datetime(2028, 1, 31, 12, tzinfo=UTC)  # an anchor on the 31st, in a leap year
 
 
@@ -62,6 +67,7 @@ class Account:
     start: datetime
     end: datetime
     anchor: datetime
+    seq: int = 1  # the period's number, as usage_limits.period_seq
 
     @property
     def limit(self) -> int:
@@ -72,10 +78,18 @@ class Account:
 
 
 @dataclass
+class Member:
+    used: int = 0
+    held: int = 0
+    seq: int = 0  # the account's period these `used` belong to
+
+
+@dataclass
 class ModelHold:
     account: str
     amount: int
     created: datetime
+    user: str
     status: str = "pending"
     charged: int = 0
 
@@ -93,6 +107,8 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.accounts: dict[str, Account] = {}
         self.model_holds: dict[str, ModelHold] = {}
+        self.members: dict[tuple[str, str], Member] = {}
+        self.caps: dict[tuple[str, str], int] = {}  # on guild:2 only
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -120,7 +136,32 @@ class LedgerMachine(RuleBasedStateMachine):
         elif now >= account.end:
             account.start, account.end = period_at(account.anchor, now)
             account.used = 0
+            account.seq += 1
         return account
+
+    def member(self, account_id: str, user: str) -> Member:
+        """A member's counter as a write sees it: back to 0 in a new period."""
+        account = self.touch(account_id)
+        member = self.members.setdefault((account_id, user), Member())
+        if member.seq != account.seq:
+            member.used, member.seq = 0, account.seq
+        return member
+
+    def cap_of(self, account_id: str, user: str, roles: tuple[str, ...]) -> int | None:
+        if not account_id.startswith("guild:"):
+            return None
+        for key in (("member", user), *(("role", r) for r in roles), ("default", "")):
+            if key in self.caps:
+                return self.caps[key]
+        return None
+
+    def expected_spending(self, account_id: str, user: str) -> tuple[int, int]:
+        account = self.accounts.get(account_id)
+        member = self.members.get((account_id, user))
+        if account is None or member is None:
+            return 0, 0
+        current = member.seq == account.seq and self.now < account.end
+        return (member.used if current else 0), member.held
 
     def expected_balance(self, account_id: str) -> Balance:
         now = self.now
@@ -157,6 +198,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 False,
             )
         account = self.touch(hold.account)
+        member = self.member(hold.account, hold.user)
+        member.held -= hold.amount
+        member.used += actual
         from_allowance = min(actual, max(0, account.limit - account.used))
         from_bonus = min(actual - from_allowance, account.bonus)
         account.used += actual - from_bonus
@@ -172,13 +216,29 @@ class LedgerMachine(RuleBasedStateMachine):
         target=holds,
         account_id=st.sampled_from(ACCOUNTS),
         amount=st.one_of(st.integers(1, 20_000), st.integers(1, 400_000)),
+        user=st.sampled_from(USERS),
+        roles=st.sampled_from([(), (ROLE,)]),
     )
-    def reserve(self, account_id: str, amount: int) -> Any:
+    def reserve(self, account_id: str, amount: int, user: str, roles: tuple[str, ...]) -> Any:
         account = self.touch(account_id)
+        member = self.member(account_id, user)
+        cap = self.cap_of(account_id, user, roles)
+        within = cap is None or member.used + member.held + amount <= cap
         can = account.limit - account.used - account.held + account.bonus >= amount
         try:
-            hold = self.run(self.ledger.reserve(account_id, amount, "chat", user_id=7))
+            hold = self.run(
+                self.ledger.reserve(account_id, amount, "chat", user_id=user, roles=roles)
+            )
+        except MemberCapReached as capped:
+            assert not within, f"capped at {cap} with {member.used + member.held} spent"
+            assert (capped.needed, capped.used, capped.cap) == (
+                amount,
+                member.used + member.held,
+                cap,
+            )
+            return multiple()
         except InsufficientTokens as refused:
+            assert within, f"{amount} passed the pool over a cap of {cap}"
             assert not can, f"refused {amount} with {account.available()} available"
             assert (refused.needed, refused.available, refused.plan) == (
                 amount,
@@ -187,10 +247,27 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             return multiple()
         assert can, f"admitted {amount} with {account.available()} available"
+        assert within, f"admitted {amount} over a cap of {cap}"
         account.held += amount
+        member.held += amount
         assert hold.available_after == account.available()
-        self.model_holds[hold.hold_id] = ModelHold(account_id, amount, self.now)
+        self.model_holds[hold.hold_id] = ModelHold(account_id, amount, self.now, user)
         return hold.hold_id
+
+    @rule(key=st.sampled_from(CAP_KEYS), tokens=st.one_of(st.none(), st.integers(0, 300_000)))
+    def set_cap(self, key: tuple[str, str], tokens: int | None) -> None:
+        scope, subject = key
+        old = self.caps.get(key)
+        if tokens is None:
+            self.caps.pop(key, None)
+            done = self.ledger.clear_cap("guild:2", scope, subject, actor="test", reason="clear")
+        else:
+            self.caps[key] = tokens
+            done = self.ledger.set_cap(
+                "guild:2", scope, subject, tokens, actor="test", reason="set"
+            )
+        self.touch("guild:2")
+        assert self.run(done) == old
 
     @rule(
         hold_id=holds, actual=st.one_of(st.none(), st.integers(0, 30_000), st.integers(0, 600_000))
@@ -245,6 +322,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if period_end is not None and period_end > self.now:
             account.used = 0
             account.start, account.end, account.anchor = self.now, period_end, period_end
+            account.seq += 1
         account.plan = plan
         balance = self.run(
             self.ledger.set_plan(account_id, plan, period_end, actor="test", reason="plan")
@@ -270,6 +348,13 @@ class LedgerMachine(RuleBasedStateMachine):
     def balances_match_and_verify_is_clean(self) -> None:
         for account_id in ACCOUNTS:
             assert self.run(self.ledger.balance(account_id)) == self.expected_balance(account_id)
+            for user in USERS:
+                spending = self.run(self.ledger.member_spending(account_id, user, (ROLE,)))
+                assert (spending.tokens_used, spending.tokens_held) == self.expected_spending(
+                    account_id, user
+                )
+                cap = self.cap_of(account_id, user, (ROLE,))
+                assert (None if spending.cap is None else spending.cap.tokens) == cap
         # Incremental (from the previous step's clean run) and whole agree: both clean.
         assert self.run(self.ledger.verify()) == []
         assert self.run(self.ledger.verify(full=True)) == []

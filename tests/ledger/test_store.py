@@ -9,6 +9,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from ledger.errors import LedgerError
 from ledger.store import OperationSuspended, Store
 
 
@@ -43,6 +44,29 @@ async def test_an_operation_that_awaits_more_than_its_connection_is_refused_alon
     assert results[1] == 2
     rows = await store.reader.execute_fetchall("SELECT n FROM t")
     assert [r[0] for r in rows] == [2]  # the stray's own insert was rolled back
+
+
+async def test_an_operation_that_raises_a_domain_error_keeps_nothing_it_wrote(
+    store: Store,
+) -> None:
+    """Issue 10, finding 9: a document stored before its charge was refused was kept."""
+    before = store.batches
+
+    async def half(conn: aiosqlite.Connection) -> None:
+        await conn.execute("INSERT INTO t VALUES (1)")
+        raise LedgerError("refused after a write")
+
+    async def insert(conn: aiosqlite.Connection) -> int:
+        await conn.execute("INSERT INTO t VALUES (2)")
+        return 2
+
+    results = await asyncio.gather(
+        store.write(insert), store.write(half), store.write(insert), return_exceptions=True
+    )
+    assert isinstance(results[1], LedgerError) and results[0::2] == [2, 2]
+    assert store.batches - before == 1  # one transaction: the neighbours were not retried
+    rows = await store.reader.execute_fetchall("SELECT n FROM t")
+    assert [r[0] for r in rows] == [2, 2]
 
 
 async def test_waiting_operations_share_one_transaction(store: Store) -> None:

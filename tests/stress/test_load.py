@@ -14,6 +14,7 @@ What must hold, whatever the interleaving:
 - no overspend: the account cannot pay for everything, some work is refused, and its
   raw available (limit - used - held + bonus) is never seen below 0;
 - no leaked holds: nothing held and no pending hold at the end; verify() is clean.
+- chats stream (server-sent events with a usage chunk), and are charged from that chunk.
 
 The worst time to the first answer and the event loop's worst stall are measured and
 printed (`pytest -s` shows them), never asserted: they depend on the machine.
@@ -35,6 +36,7 @@ import pytest
 
 import bot.front.standin as standin
 from bot.config import (
+    ChatSettings,
     Config,
     CostsSettings,
     LemonSqueezySettings,
@@ -151,6 +153,7 @@ def _config(tmp_path: Path, base_url: str, case: LoadCase) -> Config:
         plans=PlansSettings(free=PlanSettings(monthly_tokens=case.allowance, max_agents=0)),
         costs=CostsSettings(model_weights={chat_model: CHAT_WEIGHT}),
         lemonsqueezy=LemonSqueezySettings(checkout_url="https://shop.example/checkout/buy/pro"),
+        chat=ChatSettings(stream=True),  # answers stream, as members see them
     )
 
 
@@ -270,6 +273,10 @@ async def _check(
         tag = _request_tag(record)
         assert tag not in requests, f"two requests for {tag}"
         requests[tag] = record
+
+    # Every chat streamed, asking for the usage chunk its charge comes from.
+    chats = [r.body for r in fake.requests if r.endpoint == "chat"]
+    assert chats and all(b.get("stream") and b.get("stream_options") for b in chats)
 
     errors: list[str] = []
     for item in work:

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.billing.payloads import SECRET, encode, sign, subscription
+from tests.billing.payloads import PRO_VARIANTS, SECRET, STORE_ID, encode, sign, subscription
 from tests.children import bot_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +129,8 @@ def _environment(tmp_path: Path, base_url: str) -> dict[str, str]:
         BOT_OPENAI__BASE_URL=base_url,
         BOT_WEBHOOKS__PORT="0",  # any free port: the sidecar prints the one it got
         LEMONSQUEEZY_WEBHOOK_SECRET=SECRET,
+        BOT_LEMONSQUEEZY__STORE_ID=STORE_ID,
+        BOT_LEMONSQUEEZY__PRO_VARIANT_IDS=json.dumps(list(PRO_VARIANTS)),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
 

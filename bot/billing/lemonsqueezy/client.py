@@ -1,4 +1,4 @@
-"""LemonSqueezy: checkout links and the customer portal.
+"""LemonSqueezy's API: checkout links and the customer portal's fresh URLs.
 
 With an API key, a checkout is created through `POST /v1/checkouts` (JSON:API) carrying
 the account id in `checkout_data.custom`, so the webhook knows which account paid.
@@ -9,7 +9,6 @@ Any failure to reach LemonSqueezy is `BillingUnavailable`; nothing changes here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -18,8 +17,6 @@ import aiohttp
 
 from bot.config import Config
 from bot.errors import BotError
-from ledger import Ledger
-from ledger.subscriptions import subscription_of
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +36,11 @@ class BillingNotConfigured(BotError):
         super().__init__("Upgrades are not set up on this bot yet; ask its operator.")
 
 
-@dataclass(frozen=True)
-class Subscription:
-    subscription_id: str
-    status: str
-    plan: str
-    renews_at: str | None
-    ends_at: str | None
-    user_id: str | None  # the buyer, from the checkout's custom data
-
-
-def static_checkout_url(config: Config, account_id: str, user_id: int | None = None) -> str | None:
-    base = config.lemonsqueezy.checkout_url
+def static_checkout_url(
+    config: Config, account_id: str, user_id: int | None = None, base: str | None = None
+) -> str | None:
+    """A share link (Pro's, or `base`: a pack's) carrying the account in its custom data."""
+    base = config.lemonsqueezy.checkout_url if base is None else base
     if not base:
         return None
     query = {"checkout[custom][account_id]": account_id}
@@ -59,10 +49,9 @@ def static_checkout_url(config: Config, account_id: str, user_id: int | None = N
     return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}"
 
 
-class Billing:
-    def __init__(self, config: Config, ledger: Ledger) -> None:
+class LemonSqueezyClient:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.ledger = ledger
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -101,15 +90,10 @@ class Billing:
             raise BillingUnavailable()
         return data
 
-    async def checkout_url(self, account_id: str, user_id: int) -> str:
-        """A checkout link for `account_id`, bought by `user_id`."""
-        if not self.api_key:
-            url = static_checkout_url(self.config, account_id, user_id)
-            if url is None:
-                raise BillingNotConfigured()
-            return url
+    async def checkout_url(self, account_id: str, user_id: int, variant_id: str) -> str:
+        """A checkout of `variant_id` for `account_id`, bought by `user_id` (needs a key)."""
         ls = self.config.lemonsqueezy
-        if not ls.store_id or not ls.variant_id:
+        if not ls.store_id or not variant_id:
             raise BillingNotConfigured()
         expires = datetime.now(UTC) + timedelta(minutes=ls.checkout_expires_minutes)
         body = {
@@ -124,7 +108,7 @@ class Billing:
                 },
                 "relationships": {
                     "store": {"data": {"type": "stores", "id": str(ls.store_id)}},
-                    "variant": {"data": {"type": "variants", "id": str(ls.variant_id)}},
+                    "variant": {"data": {"type": "variants", "id": str(variant_id)}},
                 },
             }
         }
@@ -134,26 +118,13 @@ class Billing:
             raise BillingUnavailable()
         return url
 
-    async def subscription(self, account_id: str) -> Subscription | None:
-        row = await subscription_of(self.ledger, account_id)
-        if row is None:
-            return None
-        return Subscription(
-            row["subscription_id"],
-            row["status"],
-            row["plan"],
-            row["renews_at"],
-            row["ends_at"],
-            row["user_id"],
-        )
-
-    async def portal_url(self, subscription_id: str) -> str | None:
-        """A fresh customer-portal link (they expire after 24 hours), or None without a key."""
-        if not self.api_key:
-            return None
+    async def subscription_urls(self, subscription_id: str) -> dict[str, str]:
+        """The subscription's signed URLs as of now (they expire after 24 hours)."""
         data = await self._request("GET", f"/v1/subscriptions/{subscription_id}")
-        url = _dig(data, "data", "attributes", "urls", "customer_portal")
-        return url if isinstance(url, str) else None
+        urls = _dig(data, "data", "attributes", "urls")
+        if not isinstance(urls, dict):
+            return {}
+        return {k: v for k, v in urls.items() if isinstance(v, str) and v.startswith("http")}
 
 
 def _dig(data: Any, *keys: str) -> Any:

@@ -21,7 +21,7 @@ from multiprocessing import get_context
 import aiosqlite
 import numpy as np
 
-from bot.config import Config
+from bot.config import Config, LimitsSettings
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
 from bot.core.documents.chunking import Chunk, chunk
@@ -151,12 +151,9 @@ class DocumentService:
         chunks = await asyncio.to_thread(chunk, extracted.pages, model=model)
         if not chunks:
             raise InvalidInput("That file has no text to learn from.")
-        stored = await self.repo.chunk_count(actor.account_id)
-        if stored + len(chunks) > limits.max_chunks_per_account:
-            raise InvalidInput(
-                f"This document has {len(chunks):,} chunks; the account holds {stored:,} of its "
-                f"{limits.max_chunks_per_account:,}. Remove some documents first."
-            )
+        # Refused early, before any call; checked again in the commit, which decides:
+        # uploads running side by side all pass this first check.
+        _check_room(len(chunks), await self.repo.chunk_count(actor.account_id), limits)
         groups = batches(chunks)
         name = clean_name(filename)
 
@@ -175,6 +172,7 @@ class DocumentService:
         async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
+            _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)
             rows = [
                 (c.index, c.page, c.text, to_blob(v)) for c, v in zip(chunks, vectors, strict=True)
             ]
@@ -224,6 +222,16 @@ class DocumentService:
         await self.repo.delete_document(agent.id, match[0].id)
         self.retriever.invalidate(agent.id)
         return match[0]
+
+
+def _check_room(new: int, stored: int, limits: LimitsSettings) -> None:
+    """The account's chunk cap; a refusal raised in the commit stores and charges nothing."""
+    if stored + new > limits.max_chunks_per_account:
+        raise InvalidInput(
+            f"This document has {new:,} chunks; the account holds {stored:,} of its "
+            f"{limits.max_chunks_per_account:,}. Remove some documents first. "
+            "Nothing was charged."
+        )
 
 
 def _fire(loop: asyncio.AbstractEventLoop, update: Awaitable[None]) -> None:

@@ -1,0 +1,1 @@
+"""Webhook routes of the sidecar, one module per payment provider."""
