@@ -48,6 +48,27 @@ class PlanSettings(_Section):
     max_agents: int = Field(ge=0)  # 0 means unlimited
     price_label: str = ""
 
+    # What members read about a plan, written once from these figures (issue 16: no
+    # figure of a plan is written out anywhere else).
+    @property
+    def agents_text(self) -> str:
+        if self.max_agents == 0:
+            return "unlimited agents"
+        return f"{self.max_agents:,} agent{'s' if self.max_agents != 1 else ''}"
+
+    @property
+    def summary(self) -> str:
+        """ "10,000,000 tokens a month and unlimited agents"."""
+        return f"{self.monthly_tokens:,} tokens a month and {self.agents_text}"
+
+
+def short_tokens(amount: int) -> str:
+    """10_000_000 -> "10M", 250_000 -> "250K", 12_500_000 -> "12.5M" (the spec's style)."""
+    for size, unit in ((1_000_000, "M"), (1_000, "K")):
+        if amount >= size:
+            return f"{amount / size:.1f}".removesuffix(".0") + unit
+    return f"{amount:,}"
+
 
 class PlansSettings(_Section):
     free: PlanSettings = PlanSettings(monthly_tokens=250_000, max_agents=3)

@@ -43,6 +43,10 @@ def setup_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    if root.level > logging.DEBUG:
+        # One line per HTTP request to the AI API: detail, shown with BOT_LOG_LEVEL=DEBUG.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class Throttle:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import sqlite3
@@ -272,3 +273,26 @@ def test_discord_unreachable_at_start_is_retried_in_one_line_each(tmp_path: Path
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=30)[1]
     assert process.returncode == 0 and "Traceback" not in rest, rest
+
+
+# ---- logs -------------------------------------------------------------------------------
+
+
+def test_json_logs_one_object_a_line_and_no_voice_warnings(tmp_path: Path) -> None:
+    done = bot(
+        tmp_path,
+        "console",
+        "--user",
+        "1",
+        stdin="/tokens\n",
+        BOT_LOG_FORMAT="json",
+        BOT_LOG_LEVEL="DEBUG",
+        BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines  # at DEBUG something is said
+    for line in lines:
+        entry = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(entry)
+    assert "voice will NOT be supported" not in done.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -62,6 +63,22 @@ class Salvaged(Exception, Generic[R]):
         self.cause = cause
 
 
+def _paid_line(
+    actor: Actor, operation: str, model: str, charged: int, outcome: str, started: float
+) -> None:
+    """The one INFO line of a paid call: who, what, tokens, outcome, milliseconds."""
+    log.info(
+        "paid call: %s user %s %s %s: %d tokens, %s, %d ms",
+        actor.account_id,
+        actor.user_id,
+        operation,
+        model,
+        charged,
+        outcome,
+        (time.monotonic() - started) * 1000,
+    )
+
+
 class Meter:
     def __init__(self, ledger: Ledger, costs: CostsSettings) -> None:
         self.ledger = ledger
@@ -86,21 +103,26 @@ class Meter:
         """Run one metered call. `cost(result)` is the final charge in tokens; `store`
         writes what the call produced inside the charge's transaction; `salvage(error)`
         is what a failed call delivered anyway (None: nothing, charge nothing)."""
-        log.info(
+        log.debug(
             "💰 Checking token balance for %s (%s, %d tokens)",
             actor.account_id,
             operation,
             estimate,
         )
-        hold = await self._reserve(actor, operation, estimate, model)
-        log.info(
+        started = time.monotonic()
+        try:
+            hold = await self._reserve(actor, operation, estimate, model)
+        except InsufficientTokens as refused:
+            _paid_line(actor, operation, model, 0, f"refused (has {refused.available})", started)
+            raise
+        log.debug(
             "%s has %d tokens available after holding %d",
             actor.account_id,
             hold.available_after,
             estimate,
         )
         try:
-            log.info("Calling %s for %s on %s", model, operation, actor.account_id)
+            log.debug("Calling %s for %s on %s", model, operation, actor.account_id)
             result = await call()
             charge = cost(result)
             if type(charge) is not int or charge < 0:  # never a refund, never a float
@@ -115,15 +137,18 @@ class Meter:
                 metered = await self._settle(
                     self._commit_partial(actor, operation, hold, partial, cost, store, reason)
                 )
+                charged = metered.charged if metered is not None else 0
+                _paid_line(actor, operation, model, charged, f"partial ({reason})", started)
                 if metered is not None and not isinstance(error, asyncio.CancelledError):
                     raise Salvaged(metered, error) from error
                 raise
-            log.info(
+            log.debug(
                 "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
             )
             await self._settle(self.ledger.release(hold, reason))
+            _paid_line(actor, operation, model, 0, f"failed ({reason})", started)
             raise
-        log.info("💸 Deducting %d tokens from %s...", charge, actor.account_id)
+        log.debug("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
         async def commit(conn: aiosqlite.Connection):
             if store is not None:
@@ -139,9 +164,10 @@ class Meter:
             log.exception("storing the result of %s failed; releasing the hold", operation)
             await self._settle(self.ledger.release(hold, "storing the result failed"))
             raise
-        log.info(
+        log.debug(
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
+        _paid_line(actor, operation, model, resolution.charged, "ok", started)
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
 
     async def _commit_partial(
@@ -155,7 +181,7 @@ class Meter:
         reason: str,
     ) -> Metered[R] | None:
         charge = cost(partial)
-        log.info(
+        log.debug(
             "✂️ %s on %s broke off (%s); charging the %d tokens delivered",
             operation,
             actor.account_id,
@@ -189,7 +215,7 @@ class Meter:
             task.add_done_callback(self._release_late)
             raise
         except InsufficientTokens as error:
-            log.info(
+            log.debug(
                 "❌ Insufficient tokens on %s for %s: needs %d, has %d",
                 actor.account_id,
                 operation,

@@ -163,7 +163,7 @@ class AvatarService:
             if path:
                 try:
                     Path(path).unlink(missing_ok=True)
-                    log.info("🗑️ Deleted old avatar %s", Path(path).name)
+                    log.debug("🗑️ Deleted old avatar %s", Path(path).name)
                 except OSError as error:
                     log.warning("could not delete old avatar %s: %s", path, error)
 
