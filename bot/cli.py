@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--user", type=int, required=True, help="the acting Discord user id")
     console.add_argument("--guild", type=int, help="act inside this server (default: a DM)")
     console.add_argument("--out", default="out", help="folder for files the bot sends")
+    console.add_argument(
+        "--member",
+        action="store_true",
+        help="with --guild: act as a member without Manage Server (default: the owner)",
+    )
     commands.add_parser(
         "check", help="validate the configuration and database; print the invite URL"
     )
@@ -224,7 +229,9 @@ def _webhooks(config: Config, args: argparse.Namespace) -> int:
 def _console(config: Config, args: argparse.Namespace) -> int:
     from bot.front.console import main as console_main
 
-    return console_main(config, args.user, args.guild, args.out)
+    if args.member and args.guild is None:
+        raise UsageError("--member needs --guild: in a DM the user owns the account")
+    return console_main(config, args.user, args.guild, args.out, args.member)
 
 
 # ---- ledger ---------------------------------------------------------------------------
