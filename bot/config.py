@@ -153,6 +153,14 @@ class WebhooksSettings(_Section):
     body_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
 
 
+class MetricsSettings(_Section):
+    enabled: bool = True
+    # port 0: /metrics on the sidecar's own listener; otherwise a listener of its own
+    # (keep it private: 127.0.0.1, or a network only Prometheus reaches).
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+
+
 class LemonSqueezySettings(_Section):
     store_id: str = ""
     variant_id: str = ""  # the Pro variant /upgrade sells; always one of the Pro variants
@@ -239,6 +247,7 @@ class Secrets(BaseSettings):
     openai_api_key: SecretStr | None = None
     lemonsqueezy_api_key: SecretStr | None = None
     lemonsqueezy_webhook_secret: SecretStr | None = None
+    metrics_token: SecretStr | None = None  # METRICS_TOKEN: /metrics wants this bearer
 
 
 class Config(BaseSettings):
@@ -251,6 +260,7 @@ class Config(BaseSettings):
     openai: OpenAISettings = OpenAISettings()
     storage: StorageSettings = StorageSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
+    metrics: MetricsSettings = MetricsSettings()
     lemonsqueezy: LemonSqueezySettings = LemonSqueezySettings()
     billing: BillingSettings = BillingSettings()
     admins: AdminsSettings = AdminsSettings()

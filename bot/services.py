@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.billing.service import Billing
 from bot.config import Config
@@ -20,6 +20,7 @@ from bot.core.documents.retrieval import Retriever
 from bot.core.documents.service import DocumentService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
+from bot.core.telemetry import Telemetry
 from bot.runtime import open_ledger
 from ledger import Clock, Ledger
 
@@ -43,6 +44,7 @@ class Services:
     chat: ChatService
     admin: AdminService
     billing: Billing
+    telemetry: Telemetry = field(default_factory=Telemetry)  # what /metrics counts here
     tidying: asyncio.Task[None] | None = None
 
     @classmethod
@@ -66,6 +68,9 @@ class Services:
         key = config.secrets.openai_api_key
         gateway = ai or AIGateway(config.openai, key.get_secret_value() if key else None)
         meter = Meter(ledger, config.costs)
+        telemetry = Telemetry()
+        meter.telemetry = telemetry
+        ledger.store.on_batch = telemetry.write_batch
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo)
         balances = BalanceService(config, ledger)
@@ -83,6 +88,7 @@ class Services:
             chat=ChatService(config, repo, agents, gateway, meter, retriever),
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
+            telemetry=telemetry,
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after
         # start-up, so starting costs the same with 30 or 30,000 agents.

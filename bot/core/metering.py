@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 import aiosqlite
 
 from bot.config import CostsSettings
+from bot.core.telemetry import Telemetry
 from bot.errors import AIUnusable
 from ledger import Hold, InsufficientTokens, Ledger
 
@@ -63,27 +64,31 @@ class Salvaged(Exception, Generic[R]):
         self.cause = cause
 
 
-def _paid_line(
-    actor: Actor, operation: str, model: str, charged: int, outcome: str, started: float
-) -> None:
-    """The one INFO line of a paid call: who, what, tokens, outcome, milliseconds."""
-    log.info(
-        "paid call: %s user %s %s %s: %d tokens, %s, %d ms",
-        actor.account_id,
-        actor.user_id,
-        operation,
-        model,
-        charged,
-        outcome,
-        (time.monotonic() - started) * 1000,
-    )
-
-
 class Meter:
     def __init__(self, ledger: Ledger, costs: CostsSettings) -> None:
         self.ledger = ledger
         self.costs = costs
         self._settling: set[asyncio.Task[object]] = set()
+        self.telemetry: Telemetry | None = None  # set by Services: /metrics counts calls
+
+    def _paid_line(
+        self, actor: Actor, operation: str, model: str, charged: int, outcome: str, started: float
+    ) -> None:
+        """The one INFO line of a paid call: who, what, tokens, outcome, milliseconds."""
+        seconds = time.monotonic() - started
+        if self.telemetry is not None:
+            kind = outcome.split(" ", 1)[0]
+            self.telemetry.paid_call(operation, kind, None if kind == "refused" else seconds)
+        log.info(
+            "paid call: %s user %s %s %s: %d tokens, %s, %d ms",
+            actor.account_id,
+            actor.user_id,
+            operation,
+            model,
+            charged,
+            outcome,
+            seconds * 1000,
+        )
 
     def weighted(self, model: str, tokens: int) -> int:
         """The API's tokens times the model's weight, rounded up: never under-charge."""
@@ -113,7 +118,9 @@ class Meter:
         try:
             hold = await self._reserve(actor, operation, estimate, model)
         except InsufficientTokens as refused:
-            _paid_line(actor, operation, model, 0, f"refused (has {refused.available})", started)
+            self._paid_line(
+                actor, operation, model, 0, f"refused (has {refused.available})", started
+            )
             raise
         log.debug(
             "%s has %d tokens available after holding %d",
@@ -138,7 +145,7 @@ class Meter:
                     self._commit_partial(actor, operation, hold, partial, cost, store, reason)
                 )
                 charged = metered.charged if metered is not None else 0
-                _paid_line(actor, operation, model, charged, f"partial ({reason})", started)
+                self._paid_line(actor, operation, model, charged, f"partial ({reason})", started)
                 if metered is not None and not isinstance(error, asyncio.CancelledError):
                     raise Salvaged(metered, error) from error
                 raise
@@ -146,7 +153,7 @@ class Meter:
                 "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
             )
             await self._settle(self.ledger.release(hold, reason))
-            _paid_line(actor, operation, model, 0, f"failed ({reason})", started)
+            self._paid_line(actor, operation, model, 0, f"failed ({reason})", started)
             raise
         log.debug("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
@@ -167,7 +174,7 @@ class Meter:
         log.debug(
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
-        _paid_line(actor, operation, model, resolution.charged, "ok", started)
+        self._paid_line(actor, operation, model, resolution.charged, "ok", started)
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
 
     async def _commit_partial(

@@ -147,7 +147,12 @@ class AgentBot(commands.Bot):
         self.services.admin.set_owners(owners)
 
     async def _start_sidecar(self) -> web.AppRunner:
-        runner = await start_sidecar(self.config, self.services.ledger, notifier=self.notify)
+        runner = await start_sidecar(
+            self.config,
+            self.services.ledger,
+            notifier=self.notify,
+            telemetry=self.services.telemetry,
+        )
         log.info("webhook sidecar listening on %s", listening_on(runner))
         return runner
 

@@ -15,8 +15,10 @@ from aiohttp import web
 
 import bot
 from bot.config import Config
+from bot.core.telemetry import Telemetry
 from bot.http.avatars import avatar_routes
 from bot.http.guard import ConnectionGuard, GuardedSite, connection_limit, quiet_accept_errors
+from bot.http.metrics import add_metrics
 from bot.http.webhooks import lemonsqueezy
 from bot.http.webhooks.lemonsqueezy import MAX_BODY, Notifier
 from bot.runtime import StartupError, open_ledger
@@ -33,6 +35,7 @@ def build_app(
     ledger: Ledger,
     notifier: Notifier | None = None,
     routes: Routes | None = None,
+    telemetry: Telemetry | None = None,
 ) -> web.Application:
     guard = ConnectionGuard(
         connection_limit(config.webhooks.max_connections), config.webhooks.body_timeout_seconds
@@ -52,15 +55,53 @@ def build_app(
     app.router.add_post(lemonsqueezy.PATH, lemonsqueezy.route(config, ledger, notifier))
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(avatar_routes(config.data_path("avatars")))
+    if config.metrics.enabled and config.metrics.port == 0:
+        add_metrics(app, config, ledger, telemetry or _own_telemetry(ledger))
     if routes is not None:
         routes(app)
     return app
 
 
+def _own_telemetry(ledger: Ledger) -> Telemetry:
+    """The standalone sidecar's: it makes no paid calls, but it writes batches."""
+    telemetry = Telemetry()
+    ledger.store.on_batch = telemetry.write_batch
+    return telemetry
+
+
+async def _metrics_alone(config: Config, ledger: Ledger, telemetry: Telemetry) -> web.AppRunner:
+    app = web.Application()
+    add_metrics(app, config, ledger, telemetry)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = config.metrics.host, config.metrics.port
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise StartupError(
+            f"/metrics cannot listen on {host}:{port}: {error.strerror or error} "
+            "(metrics.host / metrics.port)"
+        ) from None
+    return runner
+
+
 async def start_sidecar(
-    config: Config, ledger: Ledger, notifier: Notifier | None = None, routes: Routes | None = None
+    config: Config,
+    ledger: Ledger,
+    notifier: Notifier | None = None,
+    routes: Routes | None = None,
+    telemetry: Telemetry | None = None,
 ) -> web.AppRunner:
-    app = build_app(config, ledger, notifier, routes)
+    telemetry = telemetry or _own_telemetry(ledger)
+    app = build_app(config, ledger, notifier, routes, telemetry)
+    if config.metrics.enabled and config.metrics.port != 0:
+        metrics = await _metrics_alone(config, ledger, telemetry)
+
+        async def stop_metrics(_app: web.Application) -> None:
+            await metrics.cleanup()
+
+        app.on_cleanup.append(stop_metrics)
     # aiohttp arms its keep-alive timer when a connection opens: a client that has not
     # sent a whole request head by then is closed. That is our header timeout.
     runner = web.AppRunner(
