@@ -49,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --guild: act as a member without Manage Server (default: the owner)",
     )
-    commands.add_parser(
+    check = commands.add_parser(
         "check", help="validate the configuration and database; print the invite URL"
+    )
+    check.add_argument(
+        "--online", action="store_true", help="also ask Discord, the AI API and LemonSqueezy"
     )
 
     ledger = commands.add_parser("ledger", help="inspect and adjust the token ledger")
@@ -179,6 +182,13 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     token = config.secrets.discord_token
     app_id = application_id_from_token(token.get_secret_value()) if token else None
     print(f"invite URL: {invite_url(app_id or 'YOUR_APPLICATION_ID')}")
+    if args.online:
+        from bot.front.online import probe
+
+        report = asyncio.run(probe(config))
+        for line in report.said:
+            print(line)
+        problems += report.missing
     for problem in problems:
         print(f"missing: {problem}")
     return 1 if violations or problems else 0
