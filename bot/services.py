@@ -18,6 +18,7 @@ from bot.core.balances import BalanceService
 from bot.core.chat import ChatService
 from bot.core.documents.retrieval import Retriever
 from bot.core.documents.service import DocumentService
+from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
 from bot.core.telemetry import Telemetry
@@ -44,6 +45,7 @@ class Services:
     chat: ChatService
     admin: AdminService
     billing: Billing
+    limits: LimitsService
     telemetry: Telemetry = field(default_factory=Telemetry)  # what /metrics counts here
     tidying: asyncio.Task[None] | None = None
 
@@ -88,6 +90,7 @@ class Services:
             chat=ChatService(config, repo, agents, gateway, meter, retriever),
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
+            limits=LimitsService(config, ledger, repo, meter),
             telemetry=telemetry,
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after

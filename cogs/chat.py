@@ -28,13 +28,14 @@ from bot.front.persona import EmbedSurface, FollowupSurface, PersonaSurface, Web
 from bot.front.replies import (
     NO_MENTIONS,
     actor_of,
+    actor_of_message,
     error_text,
     insufficient_embed,
     reply,
 )
 from bot.front.streaming import EditBudget, Gone, LiveAnswer, Surface
 from cogs._base import FeatureCog, agent_names
-from ledger import InsufficientTokens, guild_account
+from ledger import InsufficientTokens
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class ChatCog(FeatureCog):
         interaction.extras["operation"] = "This chat message"
         actor = actor_of(interaction)
         found = await self.services.agents.get(actor, agent)
+        await self.services.limits.admit(actor, "chat")  # before a thread is opened
         channel = interaction.channel
         # Discord has applied the server's command permissions to /chat already.
         await self.may_chat(interaction.guild, interaction.user, channel, discord_rules=False)
@@ -278,7 +280,7 @@ class ChatCog(FeatureCog):
                     allowed_mentions=NO_MENTIONS,
                 )
             return
-        actor = Actor(guild_account(message.guild.id), message.author.id, message.guild.id)
+        actor = actor_of_message(message)
         try:
             await self.may_chat(message.guild, message.author, channel)
             picture = await self._picture(images[0] if images else None)

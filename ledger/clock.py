@@ -37,7 +37,9 @@ class ManualClock:
 
 def to_text(when: datetime) -> str:
     """ISO-8601 UTC text with microseconds, so text order is time order."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits (strftime's %Y does not below 1000 on
+    # glibc, and from_text could not read its own text back).
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def from_text(text: str) -> datetime:

@@ -1012,6 +1012,13 @@ class Ledger:
         check_account_id(account_id)
         return await queries.usage_by_operation(self.store.reader, account_id, self.clock.now())
 
+    async def usage_by(self, account_id: str, by: str) -> list[tuple[str | None, int]]:
+        """This period's charges by member, agent, operation or day (queries.USAGE_KEYS)."""
+        check_account_id(account_id)
+        if by not in queries.USAGE_KEYS:
+            raise ValueError(f"usage by {by!r}; one of {', '.join(queries.USAGE_KEYS)}")
+        return await queries.usage_by(self.store.reader, account_id, by, self.clock.now())
+
     async def history(self, account_id: str, limit: int = 50) -> list[UsageEntry]:
         check_account_id(account_id)
         return await queries.history(self.store.reader, account_id, limit)

@@ -86,6 +86,33 @@ async def member_spending(
     return MemberSpending(account_id, user_id, used, held, cap)
 
 
+# What `usage_by` groups the period's charges by: a column of the audit log each.
+USAGE_KEYS = {
+    "member": "user_id",
+    "agent": "agent",
+    "operation": "operation_type",
+    "day": "substr(created_at, 1, 10)",
+}
+
+
+async def usage_by(
+    conn: aiosqlite.Connection, account_id: str, by: str, now: datetime
+) -> list[tuple[str | None, int]]:
+    """This period's charges grouped by member, agent, operation or day (YYYY-MM-DD):
+    the largest first, days in order. A None key: charges with no member or agent."""
+    key = USAGE_KEYS[by]
+    row = await _row(conn, account_id)
+    if row is None or _effective(row, now)[1]:
+        return []
+    order = "1" if by == "day" else "2 DESC, 1"
+    rows = await conn.execute_fetchall(
+        f"SELECT {key}, SUM(tokens_used) FROM token_usage WHERE account_id = ?"
+        f" AND period_seq = ? AND status = 'charged' GROUP BY 1 ORDER BY {order}",
+        (account_id, row["period_seq"]),
+    )
+    return [(r[0], int(r[1])) for r in rows]
+
+
 async def usage_by_operation(
     conn: aiosqlite.Connection, account_id: str, now: datetime
 ) -> dict[str, int]:

@@ -317,7 +317,15 @@ class ChatService:
 
         try:
             metered = await self.meter.run(
-                actor, "chat", estimate, chat_model, call, cost=cost, store=store, salvage=salvage
+                actor,
+                "chat",
+                estimate,
+                chat_model,
+                call,
+                cost=cost,
+                store=store,
+                salvage=salvage,
+                agent=agent.name,
             )
         except Salvaged as cut:
             raise AnswerCut(

@@ -30,7 +30,7 @@ import aiosqlite
 from bot.config import CostsSettings
 from bot.core.telemetry import Telemetry
 from bot.errors import AIUnusable
-from ledger import Hold, InsufficientTokens, Ledger
+from ledger import BalanceAlert, Hold, InsufficientTokens, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Actor:
     user_id: int
     guild_id: int | None
     can_manage: bool = False  # Manage Server in this guild (or the account's own user in a DM)
+    roles: tuple[int, ...] = ()  # the member's roles in this guild, highest first
+    channel_id: int | None = None  # where they act (a thread's parent channel)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Meter:
         self.ledger = ledger
         self.costs = costs
         self._settling: set[asyncio.Task[object]] = set()
+        # Set by the limits service: refuses a paid call before anything is held (a
+        # server's required role), and hears of each low-balance threshold crossed.
+        self.gate: Callable[[Actor, str], Awaitable[None]] | None = None
+        self.on_alert: Callable[[BalanceAlert], Awaitable[None]] | None = None
         self.telemetry: Telemetry | None = None  # set by Services: /metrics counts calls
 
     def _paid_line(
@@ -104,6 +110,8 @@ class Meter:
         cost: Callable[[R], int],
         store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
         salvage: Callable[[BaseException], R | None] | None = None,
+        *,
+        agent: str | None = None,
     ) -> Metered[R]:
         """Run one metered call. `cost(result)` is the final charge in tokens; `store`
         writes what the call produced inside the charge's transaction; `salvage(error)`
@@ -115,8 +123,10 @@ class Meter:
             estimate,
         )
         started = time.monotonic()
+        if self.gate is not None:
+            await self.gate(actor, operation)
         try:
-            hold = await self._reserve(actor, operation, estimate, model)
+            hold = await self._reserve(actor, operation, estimate, model, agent)
         except InsufficientTokens as refused:
             self._paid_line(
                 actor, operation, model, 0, f"refused (has {refused.available})", started
@@ -175,6 +185,7 @@ class Meter:
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
         self._paid_line(actor, operation, model, resolution.charged, "ok", started)
+        self._raise_alerts(resolution.alerts)
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
 
     async def _commit_partial(
@@ -207,12 +218,22 @@ class Meter:
             log.exception("storing the partial result of %s failed; releasing the hold", operation)
             await self.ledger.release(hold, "storing the partial result failed")
             return None
+        self._raise_alerts(resolution.alerts)
         return Metered(partial, resolution.charged, resolution.available, hold.hold_id)
 
-    async def _reserve(self, actor: Actor, operation: str, amount: int, model: str) -> Hold:
+    async def _reserve(
+        self, actor: Actor, operation: str, amount: int, model: str, agent: str | None
+    ) -> Hold:
         task = asyncio.ensure_future(
             self.ledger.reserve(
-                actor.account_id, amount, operation, actor.user_id, actor.guild_id, model
+                actor.account_id,
+                amount,
+                operation,
+                actor.user_id,
+                actor.guild_id,
+                model,
+                roles=actor.roles,
+                agent=agent,
             )
         )
         try:
@@ -229,7 +250,25 @@ class Meter:
                 error.needed,
                 error.available,
             )
+            self._keep(asyncio.ensure_future(self._note_refusal(actor.account_id)))
             raise
+
+    async def _note_refusal(self, account_id: str) -> None:
+        if self.on_alert is not None:
+            self._raise_alerts(await self.ledger.note_refusal(account_id))
+
+    def _raise_alerts(self, alerts: tuple[BalanceAlert, ...]) -> None:
+        """Deliver the most severe of the thresholds one charge crossed (in the background:
+        the member's answer does not wait for the managers' alert)."""
+        if alerts and self.on_alert is not None:
+            self._keep(asyncio.ensure_future(self._deliver(alerts[-1])))
+
+    async def _deliver(self, alert: BalanceAlert) -> None:
+        assert self.on_alert is not None
+        try:
+            await self.on_alert(alert)
+        except Exception:  # an alert that cannot be delivered must not break a command
+            log.exception("could not deliver the low-balance alert of %s", alert.account_id)
 
     def _release_late(self, task: asyncio.Future[Hold]) -> None:
         if task.cancelled() or task.exception() is not None:

@@ -1,4 +1,4 @@
-"""The application's own tables (agents, documents, chunks, conversations), in the
+"""The application's own tables (agents, documents, chunks, conversations, server rules), in the
 ledger's database file and through the ledger's single writer, so that a charge and
 the thing it paid for can commit in one transaction.
 
@@ -8,8 +8,10 @@ Its schema has its own numbered migrations, tracked in `app_schema` (the ledger 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiosqlite
 
@@ -171,6 +173,17 @@ APP_MIGRATIONS: list[str] = [
     CREATE INDEX chunks_document ON chunks(document_id);
     CREATE INDEX turns_conversation ON turns(conversation_id, id);
     CREATE INDEX conversations_agent ON conversations(agent_id);
+    """,
+    # 5 (limits): a server's rules: where agents may talk, the role paid commands need,
+    # and the channel low-balance alerts go to. Channels are space-separated ids.
+    """
+    CREATE TABLE server_rules (
+        account_id    TEXT PRIMARY KEY,
+        channels      TEXT NOT NULL DEFAULT '',
+        paid_role     TEXT,
+        alert_channel TEXT,
+        updated_at    TEXT NOT NULL
+    );
     """,
 ]
 
@@ -507,6 +520,64 @@ class Repository:
             " VALUES (?, ?, ?, ?, ?)",
             [(conversation_id, t.role, t.content, t.tokens, now) for t in turns],
         )
+
+    # ---- server rules (bot/core/limits.py) ------------------------------------------
+
+    async def server_rules(self, account_id: str) -> ServerRules:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT channels, paid_role, alert_channel FROM server_rules WHERE account_id = ?",
+            (account_id,),
+        )
+        return _rules(rows[0] if rows else None)
+
+    async def update_rules(
+        self, account_id: str, change: Callable[[ServerRules], ServerRules]
+    ) -> ServerRules:
+        """Read, change and store a server's rules in one write transaction."""
+
+        async def op(conn: aiosqlite.Connection) -> ServerRules:
+            rows = await conn.execute_fetchall(
+                "SELECT channels, paid_role, alert_channel FROM server_rules WHERE account_id = ?",
+                (account_id,),
+            )
+            new = change(_rules(rows[0] if rows else None))
+            await conn.execute(
+                "INSERT INTO server_rules (account_id, channels, paid_role, alert_channel,"
+                " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                " channels = excluded.channels, paid_role = excluded.paid_role,"
+                " alert_channel = excluded.alert_channel, updated_at = excluded.updated_at",
+                (
+                    account_id,
+                    " ".join(map(str, new.channels)),
+                    _id_text(new.paid_role),
+                    _id_text(new.alert_channel),
+                    _now(),
+                ),
+            )
+            return new
+
+        return await self.store.write(op)
+
+
+@dataclass(frozen=True)
+class ServerRules:
+    channels: tuple[int, ...] = ()  # where agents may talk (empty: anywhere)
+    paid_role: int | None = None  # the role paid commands need (None: anyone)
+    alert_channel: int | None = None  # where low-balance alerts go (None: the owner's DMs)
+
+
+def _rules(row: Any) -> ServerRules:
+    if row is None:
+        return ServerRules()
+    return ServerRules(
+        tuple(int(c) for c in row[0].split()),
+        None if row[1] is None else int(row[1]),
+        None if row[2] is None else int(row[2]),
+    )
+
+
+def _id_text(value: int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)

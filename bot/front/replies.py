@@ -11,9 +11,10 @@ import discord
 from discord import app_commands
 
 from bot.config import short_tokens
+from bot.core.limits import cap_sentence
 from bot.core.metering import Actor
 from bot.errors import BotError
-from ledger import InsufficientTokens, LedgerError, guild_account, user_account
+from ledger import InsufficientTokens, LedgerError, MemberCapReached, guild_account, user_account
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,45 @@ def actor_of(interaction: discord.Interaction) -> Actor:
     owner = guild is not None and guild.owner_id == user_id
     perms = interaction.permissions
     can_manage = owner or perms.manage_guild or perms.administrator
-    return Actor(guild_account(interaction.guild_id), user_id, interaction.guild_id, can_manage)
+    return Actor(
+        guild_account(interaction.guild_id),
+        user_id,
+        interaction.guild_id,
+        can_manage,
+        roles_of(interaction.user, interaction.guild_id),
+        where(interaction.channel, interaction.channel_id),
+    )
+
+
+def roles_of(member: Any, guild_id: int) -> tuple[int, ...]:
+    """A member's role ids, highest first (the server's own order); @everyone left out."""
+    roles = [r for r in getattr(member, "roles", ()) if r.id != guild_id]
+    return tuple(r.id for r in sorted(roles, key=lambda r: getattr(r, "position", 0), reverse=True))
+
+
+def where(channel: Any, channel_id: int | None) -> int | None:
+    """The channel a member acts in, for the server's channel rules: a thread's parent."""
+    if isinstance(channel, discord.Thread):
+        return getattr(channel, "parent_id", None) or getattr(channel.parent, "id", None)
+    return channel_id
+
+
+def actor_of_message(message: discord.Message) -> Actor:
+    """The actor of a plain message in a server (an agent's thread)."""
+    assert message.guild is not None
+    author = message.author
+    perms = getattr(author, "guild_permissions", None)
+    can_manage = getattr(message.guild, "owner_id", None) == author.id or bool(
+        perms and (perms.manage_guild or perms.administrator)
+    )
+    return Actor(
+        guild_account(message.guild.id),
+        author.id,
+        message.guild.id,
+        can_manage,
+        roles_of(author, message.guild.id),
+        where(message.channel, message.channel.id),
+    )
 
 
 async def reply(
@@ -103,6 +142,8 @@ def upgrade_view(url: str | None) -> discord.ui.View | None:
 def error_text(error: BaseException) -> str:
     if isinstance(error, BotError):
         return error.user_message
+    if isinstance(error, MemberCapReached):
+        return cap_sentence(error)
     if isinstance(error, app_commands.CheckFailure):
         return "You don't have permission to use this command here."
     if isinstance(error, LedgerError):

@@ -61,13 +61,27 @@ class StandInPermissions:
     administrator: bool = False
 
 
+class StandInRole:
+    def __init__(self, role_id: int, position: int = 1) -> None:
+        self.id = role_id
+        self.name = f"role{role_id}"
+        self.position = position
+
+    @property
+    def mention(self) -> str:
+        return f"<@&{self.id}>"
+
+
 class StandInUser:
-    def __init__(self, user_id: int, name: str | None = None) -> None:
+    def __init__(
+        self, user_id: int, name: str | None = None, roles: list[StandInRole] | None = None
+    ) -> None:
         self.id = user_id
         self.name = name or f"user{user_id}"
         self.display_name = self.name
         self.global_name = self.name
         self.bot = False
+        self.roles = list(roles or [])  # as a Member's: lowest first
 
     @property
     def mention(self) -> str:
@@ -90,6 +104,18 @@ class StandInChannel:
         self.id = channel_id
         self.guild = guild
         self.name = "console"
+
+
+class StandInTextChannel(discord.TextChannel):
+    """A text channel named in an option (`#name`, `<#id>` or an id); a real
+    discord.TextChannel subclass, so the option's transformer accepts it."""
+
+    def __init__(self, channel_id: int) -> None:
+        self.id = channel_id
+        self.name = f"channel{channel_id}"
+
+    def resolve(self) -> StandInTextChannel:
+        return self
 
 
 class StandInAttachment:
@@ -285,10 +311,14 @@ class CommandRunner:
         guild_id: int | None = None,
         owner_id: int | None = None,
         manage_guild: bool = False,
+        roles: list[int] | None = None,
         attachment_loader: Callable[[str], StandInAttachment] = StandInAttachment.from_path,
     ) -> None:
         self.bot = bot
-        self.user = StandInUser(user_id)
+        # Role ids lowest first; their positions follow the list's order.
+        self.user = StandInUser(
+            user_id, roles=[StandInRole(r, n + 1) for n, r in enumerate(roles or [])]
+        )
         self.guild = StandInGuild(guild_id, owner_id or user_id) if guild_id else None
         self.permissions = StandInPermissions(manage_guild=manage_guild)
         self.load_attachment = attachment_loader
@@ -391,6 +421,10 @@ class CommandRunner:
                     return self.load_attachment(raw)
                 case Opt.user | Opt.mentionable:
                     return StandInUser(int(raw.strip("<@!>")))
+                case Opt.role:
+                    return StandInRole(int(raw.strip("<@&>")))
+                case Opt.channel:
+                    return StandInTextChannel(int(raw.strip("<#>")))
                 case _:
                     return raw
         except (ValueError, OSError) as error:

@@ -46,7 +46,18 @@ from hypothesis import strategies as st
 from bot.http.sidecar import build_app
 from ledger import ManualClock
 from tests.billing.conftest import make_config, open_billing_ledger
-from tests.billing.payloads import PRO_VARIANTS, encode, invoice, order, sign, subscription
+from tests.billing.payloads import (
+    ANNUAL,
+    MONTHLY,
+    PACK_VARIANT,
+    PRO_VARIANTS,
+    USAGE_VARIANT,
+    encode,
+    invoice,
+    order,
+    sign,
+    subscription,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SEEDED = "guild:1000"  # Pro through subscription 101 before each example
@@ -245,6 +256,8 @@ def events(draw: st.DrawFn, *, mutations: bool = True) -> dict[str, Any]:
         payload = subscription(
             name,
             sub_id=str(sub_id),
+            # Mostly Pro (monthly or annual); sometimes another product of the store.
+            variant_id=draw(st.sampled_from([MONTHLY, MONTHLY, ANNUAL, USAGE_VARIANT])),
             status=draw(st.sampled_from(SUB_STATUSES)),
             updated_at=draw(st.sampled_from(GOOD_TIMES)),
             # Dates at the edges of what datetime holds are still well-formed ISO dates.
@@ -259,9 +272,17 @@ def events(draw: st.DrawFn, *, mutations: bool = True) -> dict[str, Any]:
             invoice_id=draw(st.sampled_from(["501", "502", "503"])),
             sub_id=str(sub_id),
             billing_reason=draw(st.sampled_from(["initial", "renewal", "updated"])),
+            status=draw(st.sampled_from(["paid", "paid", "refunded", "partial_refund"])),
+            refunded_amount=draw(st.sampled_from([None, 0, 1000, 3000])),
         )
-    else:
-        payload = order(name, order_id=draw(st.sampled_from(["11", "12"])))
+    else:  # a Pro subscription's order, a token pack, or another product's
+        payload = order(
+            name,
+            order_id=draw(st.sampled_from(["11", "12", "13"])),
+            variant_id=draw(st.sampled_from([MONTHLY, PACK_VARIANT, PACK_VARIANT, USAGE_VARIANT])),
+            status=draw(st.sampled_from(["paid", "paid", "pending", "refunded", "partial_refund"])),
+            refunded_amount=draw(st.sampled_from([None, 0, 1500, 3000])),
+        )
     meta = payload["meta"]
     meta["custom_data"] = {
         "account_id": draw(st.sampled_from(VALID_ACCOUNTS)),
@@ -491,6 +512,7 @@ class Intent:
     snapshot: bool  # a subscription snapshot that can be stored
     payment: bool  # an invoice that pays for a new cycle
     refund: bool  # a refund: a row of the account's history
+    pack: bool  # an order: a token pack grants bonus tokens
     subscription_id: str | None
     account: str | None  # from custom_data, if well formed
 
@@ -524,7 +546,8 @@ def intent(payload: dict[str, Any], accept_test_mode: bool) -> Intent:
         "subscription_payment_refunded",
         "order_refunded",
     )
-    return Intent(snapshot, payment, refund, sub_id, account)
+    pack = not ignored and not is_sub and meta["event_name"] == "order_created"
+    return Intent(snapshot, payment, refund, pack, sub_id, account)
 
 
 def _typed(value: Any, *types: type) -> bool:
@@ -710,12 +733,14 @@ class Run:
         self.recorded.add(digest)
         assert grew == 1  # every other event is recorded once, whatever it did
         what = intent(payload, self.accept_test_mode)
-        if not (what.snapshot or what.payment or what.refund) or outcome in NO_CHANGE:
+        if not (what.snapshot or what.payment or what.refund or what.pack) or outcome in NO_CHANGE:
             assert not changed, f"{outcome} changed {changed}"
             assert outcome in NO_CHANGE | {"recorded", "unlinked"}
             return
         if outcome == "refund":
             assert what.refund and "holds" not in changed
+        if what.pack and outcome == "applied":  # a pack: bonus tokens, nothing else
+            assert changed <= {"usage_limits", "token_usage", "journal"}, changed
         account = what.account or (plan_of or {}).get("account_id")
         if what.snapshot:
             attributes = payload["data"]["attributes"]

@@ -70,10 +70,19 @@ Run = Callable[..., Awaitable[list[Any]]]
 @pytest.fixture
 def as_user(bot: AgentBot) -> Callable[..., CommandRunner]:
     def make(
-        user_id: int = OWNER, *, guild_id: int | None = GUILD, manage: bool = False
+        user_id: int = OWNER,
+        *,
+        guild_id: int | None = GUILD,
+        manage: bool = False,
+        roles: list[int] | None = None,
     ) -> CommandRunner:
         return CommandRunner(
-            bot, user_id=user_id, guild_id=guild_id, owner_id=OWNER, manage_guild=manage
+            bot,
+            user_id=user_id,
+            guild_id=guild_id,
+            owner_id=OWNER,
+            manage_guild=manage,
+            roles=roles,
         )
 
     return make

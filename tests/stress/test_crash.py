@@ -58,11 +58,14 @@ from bot.core.metering import Actor
 from bot.services import Services
 from ledger import Ledger
 from tests.billing.payloads import (
+    PACK_TOKENS,
+    PACK_VARIANT,
     PRO_VARIANTS,
     SECRET,
     STORE_ID,
     encode,
     invoice,
+    order,
     sign,
     subscription,
 )
@@ -675,7 +678,7 @@ class Event:
 
 
 def round_events(number: int, renews_at: str) -> list[list[Event]]:
-    """Per account: its subscription's creation, then its first payment."""
+    """Per account: its subscription's creation, its first payment, then a token pack."""
     sequences = []
     for j in range(ACCOUNTS_PER_ROUND):
         account = f"guild:{9000 + number * 10 + j}"
@@ -693,10 +696,17 @@ def round_events(number: int, renews_at: str) -> list[list[Event]]:
             sub_id=sub_id,
             account_id=account,
         )
+        pack = order(
+            "order_created",
+            order_id=str(9000 + number * 10 + j),
+            variant_id=PACK_VARIANT,
+            account_id=account,
+        )
         sequences.append(
             [
                 Event(account, "subscription_created", encode(created)),
                 Event(account, "subscription_payment_success", encode(paid)),
+                Event(account, "order_created", encode(pack)),
             ]
         )
     return sequences
@@ -779,6 +789,7 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
             "LEMONSQUEEZY_WEBHOOK_SECRET": SECRET,
             "BOT_LEMONSQUEEZY__STORE_ID": STORE_ID,
             "BOT_LEMONSQUEEZY__PRO_VARIANT_IDS": json.dumps(list(PRO_VARIANTS)),
+            "BOT_LEMONSQUEEZY__PACKS": json.dumps({PACK_VARIANT: PACK_TOKENS}),
         },
     )
     renews = (datetime.now(UTC) + timedelta(days=20)).replace(microsecond=0)
@@ -804,7 +815,7 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
             if order[number % 3]:
                 answers, delay = 0, rng.uniform(0, 0.001)
             else:
-                answers, delay = rng.randrange(2 * ACCOUNTS_PER_ROUND), rng.uniform(0, 0.006)
+                answers, delay = rng.randrange(3 * ACCOUNTS_PER_ROUND), rng.uniform(0, 0.006)
             answered = await deliver_until_killed(session, url, victim, sequences, answers, delay)
             assert victim.returncode == -signal.SIGKILL, (seed, number)
             assert all(outcome == "applied" for outcome in answered.values()), (
@@ -850,10 +861,11 @@ async def check_webhooks(db_path: Path, sent: list[Event], renews: datetime, whe
         assert recorded == expected, where
         for account in sorted({e.account for e in sent}):
             (row,) = await reader.execute_fetchall(
-                "SELECT plan_type, tokens_used, period_seq, period_end FROM usage_limits"
-                " WHERE account_id = ?",
+                "SELECT plan_type, tokens_used, period_seq, period_end, bonus_tokens"
+                " FROM usage_limits WHERE account_id = ?",
                 (account,),
             )
+            assert row["bonus_tokens"] == PACK_TOKENS, (where, account)  # the pack, once
             # Created with the usage (period 1); the payment's fresh period is period 2.
             assert (row["plan_type"], row["tokens_used"], row["period_seq"]) == ("pro", 0, 2), (
                 where,
@@ -870,6 +882,12 @@ async def check_webhooks(db_path: Path, sent: list[Event], renews: datetime, whe
             )
             kinds = sorted(r["operation_type"] for r in audit)
             assert kinds == ["period_reset", "plan_change"], (where, kinds)
+            packs = await reader.execute_fetchall(
+                "SELECT COUNT(*) FROM token_usage WHERE account_id = ?"
+                " AND operation_type = 'pack_grant'",
+                (account,),
+            )
+            assert packs[0][0] == 1, (where, account)
 
 
 async def test_webhook_sidecar_killed_mid_event(tmp_path: Path, children: Children) -> None:

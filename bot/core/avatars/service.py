@@ -98,6 +98,7 @@ class AvatarService:
                 call,
                 cost=lambda _png: cost,
                 store=store,
+                agent=agent.name,
             )
         except BaseException:
             new_path.unlink(missing_ok=True)

@@ -197,6 +197,7 @@ class DocumentService:
             call,
             cost=lambda result: self.meter.weighted(model, result[1]),
             store=store,
+            agent=agent.name,
         )
         self.retriever.invalidate(agent.id)
         documents = {d.id: d for d in await self.repo.documents(agent.id)}
