@@ -23,7 +23,7 @@ from typing import Any
 from bot.config import Config, ConfigError, load
 from bot.logs import setup_logging
 from bot.runtime import StartupError, database_fault, open_ledger
-from ledger import InvalidAccount, LedgerError, check_account_id
+from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
 
 EXIT_USAGE = 2
 
@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("account")
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=50)
+    usage = actions.add_parser("usage", help="this period's charges of an account, grouped")
+    usage.add_argument("account")
+    usage.add_argument("--by", choices=["member", "agent", "operation", "day"], default="member")
+    usage.add_argument("--json", action="store_true")
     actions.add_parser("export", help="the whole audit log as CSV on standard output")
     backup = actions.add_parser("backup", help="a consistent copy of the database, while it runs")
     backup.add_argument("path", help="the file to write (must not exist)")
@@ -346,6 +350,9 @@ async def _ledger_action(
                         f"{e.created_at:27} {e.operation_type:15} {e.status:9} {e.tokens_used:>9}"
                         f" {e.bonus_delta:>+10} {e.user_id or '':20} {what}".rstrip()
                     )
+            case "usage":
+                assert account is not None
+                await _usage(ledger, account, args.by, args.json)
             case "export":
                 with Progress("export", "rows") as progress:
                     await ledger.export_csv(sys.stdout, progress=progress.ids)
@@ -373,6 +380,32 @@ async def _ledger_action(
                     return 1
                 print("ledger ok")
     return 0
+
+
+async def _usage(ledger: Ledger, account: str, by: str, as_json: bool) -> None:
+    """The figures /usage shows, every group of them (/usage keeps the top 10 members)."""
+    rows = await ledger.usage_by(account, by)
+    balance = await ledger.balance(account)
+    total = sum(n for _, n in rows)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "account_id": account,
+                    "by": by,
+                    "period_start": balance.period_start.isoformat(),
+                    "period_end": balance.period_end.isoformat(),
+                    "tokens_limit": balance.tokens_limit,
+                    "total": total,
+                    "rows": [{by: key, "tokens": n} for key, n in rows],
+                }
+            )
+        )
+        return
+    print(f"{by:24} {'tokens':>12}")
+    for key, n in rows:
+        print(f"{key or '-':24} {n:>12}")
+    print(f"{'total':24} {total:>12}")
 
 
 # ---- billing ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
 from bot.core.telemetry import Telemetry
+from bot.core.usage import UsageService
 from bot.runtime import open_ledger
 from ledger import Clock, Ledger
 
@@ -46,6 +47,7 @@ class Services:
     admin: AdminService
     billing: Billing
     limits: LimitsService
+    usage: UsageService
     telemetry: Telemetry = field(default_factory=Telemetry)  # what /metrics counts here
     tidying: asyncio.Task[None] | None = None
 
@@ -91,6 +93,7 @@ class Services:
             admin=AdminService(config, ledger, balances),
             billing=Billing(config, ledger),
             limits=LimitsService(config, ledger, repo, meter),
+            usage=UsageService(ledger),
             telemetry=telemetry,
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after
