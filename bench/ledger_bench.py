@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.report import Figure, cli
 from ledger import Ledger, Plan, SystemClock
-from ledger.store import SyncConnection, connect_sync, drive
+from ledger.storage.sqlite import SyncConnection, connect_sync, drive
 
 # Allowances large enough that no reserve is ever refused: we measure the happy path.
 PLANS = {"free": Plan("free", 10**15, 3), "pro": Plan("pro", 10**15, 0)}

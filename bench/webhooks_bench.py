@@ -1,6 +1,6 @@
 """Signed LemonSqueezy webhook events per second through the real sidecar, over real HTTP.
 
-The server (this process) is `bot.webhooks.build_app` on a real ledger file in a temp
+The server (this process) is `bot.http.sidecar.build_app` on a real ledger file in a temp
 dir, behind aiohttp's own server on 127.0.0.1. The load comes from a second process, so
 that the client's own work does not share the server's event loop (on a 2-core machine
 that alone would halve the figure). The events are `subscription_updated` snapshots for

@@ -76,7 +76,8 @@ async def open_ledger(
         raise database_fault(config, error) from None
     except OSError as error:  # the folder could not be created
         raise StartupError(f"database error: {config.storage.database}: {error}") from None
-    if check_pages:
+    # quick_check is SQLite's; PostgreSQL checks its own pages.
+    if check_pages and getattr(ledger.store, "dialect", "sqlite") == "sqlite":
         try:
             await _check_pages(ledger, config)
         except BaseException as error:

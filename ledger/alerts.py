@@ -15,10 +15,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from ledger.clock import from_text, to_text
 from ledger.records import BalanceAlert
+from ledger.storage import Connection
 
 THRESHOLDS = (20, 0)  # percent of the monthly allowance left
 
@@ -28,7 +27,7 @@ def pool_left(row: dict[str, Any]) -> int:
 
 
 async def alerts_in(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     row: dict[str, Any],
     instance_id: str,
     now: datetime,

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.store import BUSY_TIMEOUT_MS
+from ledger.storage.sqlite import BUSY_TIMEOUT_MS
 
 
 class BackupError(Exception):

@@ -59,3 +59,8 @@ class MemberCapReached(LedgerError):
         self.scope = scope
         self.subject_id = subject_id
         self.resets_at = resets_at
+
+
+class StoreBusy(LedgerError):
+    """The database stayed locked (another process's long write) past every retry.
+    Transient: the caller may try again later (a webhook answers 500 so it is resent)."""

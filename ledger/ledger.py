@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,13 +27,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from ledger import members, queries
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
 from ledger.alerts import alerts_in
-from ledger.archive import archive_batch
 from ledger.clock import Clock, SystemClock, from_text, to_text
 from ledger.errors import (
     HoldNotFound,
@@ -56,7 +52,7 @@ from ledger.records import (
     UsageEntry,
     Violation,
 )
-from ledger.store import Store
+from ledger.storage import Connection, Store, lock_rows, open_store
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +104,7 @@ class Ledger:
         kind: str = "bot",
         secure_delete: bool = False,
     ) -> Ledger:
-        store = await Store.open(path, secure_delete=secure_delete)
+        store = await open_store(path, secure_delete=secure_delete)
         ledger = cls(
             store,
             plans or DEFAULT_PLANS,
@@ -151,13 +147,11 @@ class Ledger:
 
     # ---- accounts and periods -------------------------------------------------------
 
-    async def _account(
-        self, conn: aiosqlite.Connection, account_id: str, now: datetime
-    ) -> dict[str, Any]:
+    async def _account(self, conn: Connection, account_id: str, now: datetime) -> dict[str, Any]:
         """The account row, created on first use and rolled over if its period ended."""
-        rows = await conn.execute_fetchall(
-            "SELECT * FROM usage_limits WHERE account_id = ?", (account_id,)
-        )
+        # Locked on PostgreSQL: every write that reads the row writes it from what it read.
+        select = "SELECT * FROM usage_limits WHERE account_id = ?" + lock_rows(conn)
+        rows = list(await conn.execute_fetchall(select, (account_id,)))
         if not rows:
             free = self.plan("free")
             row = {
@@ -174,11 +168,15 @@ class Ledger:
                 "created_at": to_text(now),
                 "updated_at": to_text(now),
             }
-            await conn.execute(
-                f"INSERT INTO usage_limits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            created = await conn.execute_fetchall(
+                f"INSERT INTO usage_limits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT (account_id) DO NOTHING RETURNING account_id",
                 tuple(row.values()),
             )
-            return row
+            if created:
+                return row
+            # Another process created it since our read (only on PostgreSQL).
+            rows = list(await conn.execute_fetchall(select, (account_id,)))
         row = dict(rows[0])
         if now >= from_text(row["period_end"]):
             start, end = period_containing(from_text(row["period_anchor"]), now)
@@ -216,7 +214,7 @@ class Ledger:
 
     async def _audit(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         row: dict[str, Any],
         operation: str,
         actor: str,
@@ -233,7 +231,7 @@ class Ledger:
         )
 
     async def note_in(
-        self, conn: aiosqlite.Connection, account_id: str, operation: str, actor: str, details: str
+        self, conn: Connection, account_id: str, operation: str, actor: str, details: str
     ) -> None:
         """An audit row of `operation` (billing's refunds), inside the caller's transaction."""
         now = self.clock.now()
@@ -242,7 +240,7 @@ class Ledger:
 
     async def _journal(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         action: str,
         amount: int | None,
@@ -281,7 +279,7 @@ class Ledger:
         role_ids = [str(r) for r in roles]
         hold_id = uuid.uuid4().hex
 
-        async def op(conn: aiosqlite.Connection) -> Hold:
+        async def op(conn: Connection) -> Hold:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             if user is not None:
@@ -333,7 +331,7 @@ class Ledger:
 
     async def _hold_member(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         row: dict[str, Any],
         user: str,
         roles: list[str],
@@ -360,7 +358,7 @@ class Ledger:
         )
 
     async def commit_in(
-        self, conn: aiosqlite.Connection, hold: Hold | str, actual: int, details: str | None = None
+        self, conn: Connection, hold: Hold | str, actual: int, details: str | None = None
     ) -> Resolution:
         """`commit` inside a write transaction the caller already holds, so the charge and
         what it paid for (a stored avatar, a stored document) commit together or not at all."""
@@ -375,7 +373,7 @@ class Ledger:
 
     async def _resolve(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         hold_id: str,
         status: str,
         actual: int,
@@ -454,7 +452,7 @@ class Ledger:
         )
 
     async def _earlier_resolution(
-        self, conn: aiosqlite.Connection, hold_id: str, now: datetime
+        self, conn: Connection, hold_id: str, now: datetime
     ) -> Resolution:
         rows = await conn.execute_fetchall(
             "SELECT h.status, h.amount, h.charged, u.* FROM holds h"
@@ -497,7 +495,7 @@ class Ledger:
         """Append a free operation (an avatar upload) to the audit log."""
         check_account_id(account_id)
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             await conn.execute(
@@ -532,7 +530,7 @@ class Ledger:
 
     async def grant_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         amount: int,
         actor: str,
@@ -545,7 +543,7 @@ class Ledger:
 
     async def revoke_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         amount: int,
         actor: str,
@@ -571,7 +569,7 @@ class Ledger:
 
     async def _adjust(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         requested: int,
         delta: int,
@@ -631,7 +629,7 @@ class Ledger:
 
     async def set_plan_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         plan: str,
         period_end: datetime | None,
@@ -648,7 +646,7 @@ class Ledger:
 
     async def enter_period_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         account_id: str,
         plan: str,
         period: tuple[datetime, datetime, datetime] | None,
@@ -723,7 +721,7 @@ class Ledger:
         role or default); journaled. Returns the cap it replaced, if any."""
         cap = self._cap(account_id, scope, subject_id, tokens, maximum)
 
-        async def op(conn: aiosqlite.Connection) -> int | None:
+        async def op(conn: Connection) -> int | None:
             now = self.clock.now()
             await self._account(conn, account_id, now)
             old = await members.set_cap_in(conn, account_id, cap, to_text(now))
@@ -748,7 +746,7 @@ class Ledger:
         """Remove a cap (journaled when there was one); returns it, or None."""
         cap = self._cap(account_id, scope, subject_id, 0, None)
 
-        async def op(conn: aiosqlite.Connection) -> int | None:
+        async def op(conn: Connection) -> int | None:
             now = self.clock.now()
             await self._account(conn, account_id, now)
             old = await members.clear_cap_in(conn, account_id, cap.scope, cap.subject_id)
@@ -800,7 +798,7 @@ class Ledger:
         the pool is under 20% and this is the first time this period."""
         check_account_id(account_id)
 
-        async def op(conn: aiosqlite.Connection) -> tuple[BalanceAlert, ...]:
+        async def op(conn: Connection) -> tuple[BalanceAlert, ...]:
             now = self.clock.now()
             row = await self._account(conn, account_id, now)
             return await alerts_in(conn, row, self.instance_id, now, refused=True)
@@ -810,7 +808,7 @@ class Ledger:
     # ---- processes: leases and the sweeper ---------------------------------------------
 
     async def _register(self, kind: str) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             await conn.execute(
                 "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
@@ -829,7 +827,7 @@ class Ledger:
         _OPENED_HERE.add(self.instance_id)
 
     async def renew_lease(self) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             now = self.clock.now()
             await conn.execute(
                 "INSERT INTO instances (instance_id, kind, pid, hostname, started_at,"
@@ -850,7 +848,7 @@ class Ledger:
         """Expire this instance's holds past their time to live, and every hold of an
         instance whose lease has lapsed. Never touches another live instance's holds."""
 
-        async def op(conn: aiosqlite.Connection) -> SweepReport:
+        async def op(conn: Connection) -> SweepReport:
             now = to_text(self.clock.now())
             expired = await conn.execute_fetchall(
                 "SELECT hold_id, amount FROM holds WHERE status = 'pending'"
@@ -889,7 +887,7 @@ class Ledger:
             )
         return report
 
-    async def _dead_here(self, conn: aiosqlite.Connection) -> list[str]:
+    async def _dead_here(self, conn: Connection) -> list[str]:
         """Instances on this host whose process is gone: their holds need not wait for the
         lease to lapse. Only a definite "no such process" counts; a reused pid looks alive
         and simply leaves the hold to the lease, which is the safe way to be wrong. Our own
@@ -909,7 +907,7 @@ class Ledger:
             )
         ]
 
-    async def _retire_op(self, conn: aiosqlite.Connection) -> None:
+    async def _retire_op(self, conn: Connection) -> None:
         rows = await conn.execute_fetchall(
             "SELECT hold_id FROM holds WHERE status = 'pending' AND instance_id = ?",
             (self.instance_id,),
@@ -947,7 +945,7 @@ class Ledger:
         cutoff = to_text(self.clock.now() - self.hold_ttl)
         total, batches = 0, 0
         while max_batches is None or batches < max_batches:
-            deleted = await self.store.on_writer(lambda raw: archive_batch(raw, cutoff))
+            deleted = await self.store.archive_batch(cutoff)
             if deleted is None:
                 break
             total += deleted
@@ -975,30 +973,11 @@ class Ledger:
         one step), and empty the WAL. A database made before auto_vacuum=INCREMENTAL
         needs one full VACUUM first (writers wait for it): `converted` says it ran."""
         archived = await self.archive_holds()
-        converted = await self.store.on_writer(_pragma_value("auto_vacuum")) != 2
-        if converted:
-
-            def convert(raw: sqlite3.Connection) -> None:
-                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
-                raw.execute("VACUUM")
-
-            await self.store.on_writer(convert)
-        freed = 0
-        while True:
-
-            def step(raw: sqlite3.Connection) -> int:
-                before = raw.execute("PRAGMA freelist_count").fetchone()[0]
-                if before:
-                    raw.execute(f"PRAGMA incremental_vacuum({step_pages})").fetchall()
-                return before - raw.execute("PRAGMA freelist_count").fetchone()[0]
-
-            pages = await self.store.on_writer(step)
-            freed += pages
-            if pages == 0:
-                break
-        page_size = await self.store.on_writer(_pragma_value("page_size"))
+        compacted = await self.store.compact(step_pages)
         checkpoint = await self.store.checkpoint("TRUNCATE")
-        return CompactReport(archived, freed * page_size, converted, not checkpoint.busy)
+        return CompactReport(
+            archived, compacted.freed_bytes, compacted.converted, not checkpoint.busy
+        )
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -1069,10 +1048,6 @@ def _process_alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
-
-
-def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
-    return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 def _cap_action(scope: str, subject_id: str) -> str:

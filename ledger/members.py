@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
+from ledger.storage import Connection
 
 SCOPES = ("member", "role", "default")
 
@@ -65,7 +65,7 @@ def pick_cap(caps: Sequence[Cap], user_id: str, roles: Sequence[str]) -> Cap | N
     return by_key.get(("default", ""))
 
 
-async def all_caps(conn: aiosqlite.Connection, account_id: str) -> list[Cap]:
+async def all_caps(conn: Connection, account_id: str) -> list[Cap]:
     rows = await conn.execute_fetchall(
         "SELECT scope, subject_id, tokens FROM member_caps WHERE account_id = ?"
         " ORDER BY scope, subject_id",
@@ -75,7 +75,7 @@ async def all_caps(conn: aiosqlite.Connection, account_id: str) -> list[Cap]:
 
 
 async def cap_for(
-    conn: aiosqlite.Connection, account_id: str, user_id: str, roles: Sequence[str]
+    conn: Connection, account_id: str, user_id: str, roles: Sequence[str]
 ) -> Cap | None:
     if not capped(account_id):
         return None
@@ -90,7 +90,7 @@ async def cap_for(
 
 
 async def hold_in(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     account_id: str,
     user_id: str,
     period_seq: int,
@@ -114,7 +114,7 @@ async def hold_in(
     return bool(rows)
 
 
-async def unhold_in(conn: aiosqlite.Connection, account_id: str, user_id: str, amount: int) -> None:
+async def unhold_in(conn: Connection, account_id: str, user_id: str, amount: int) -> None:
     """Undo `hold_in` when the account itself refused the reserve."""
     await conn.execute(
         "UPDATE member_spending SET tokens_held = tokens_held - ?"
@@ -124,7 +124,7 @@ async def unhold_in(conn: aiosqlite.Connection, account_id: str, user_id: str, a
 
 
 async def settle_in(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     account_id: str,
     user_id: str,
     period_seq: int,
@@ -150,7 +150,7 @@ async def settle_in(
 
 
 async def spending_row(
-    conn: aiosqlite.Connection, account_id: str, user_id: str, period_seq: int
+    conn: Connection, account_id: str, user_id: str, period_seq: int
 ) -> tuple[int, int]:
     """(used in `period_seq`, held) for one member; a row of an earlier period used 0."""
     rows = await conn.execute_fetchall(
@@ -164,7 +164,7 @@ async def spending_row(
     return (r[1] if r[0] == period_seq else 0), r[2]
 
 
-async def set_cap_in(conn: aiosqlite.Connection, account_id: str, cap: Cap, now: str) -> int | None:
+async def set_cap_in(conn: Connection, account_id: str, cap: Cap, now: str) -> int | None:
     """Set a cap; returns the one it replaced (None if there was none)."""
     old = await _cap_tokens(conn, account_id, cap.scope, cap.subject_id)
     await conn.execute(
@@ -177,7 +177,7 @@ async def set_cap_in(conn: aiosqlite.Connection, account_id: str, cap: Cap, now:
 
 
 async def clear_cap_in(
-    conn: aiosqlite.Connection, account_id: str, scope: str, subject_id: str
+    conn: Connection, account_id: str, scope: str, subject_id: str
 ) -> int | None:
     """Remove a cap; returns it (None if there was none)."""
     old = await _cap_tokens(conn, account_id, scope, subject_id)
@@ -188,9 +188,7 @@ async def clear_cap_in(
     return old
 
 
-async def _cap_tokens(
-    conn: aiosqlite.Connection, account_id: str, scope: str, subject_id: str
-) -> int | None:
+async def _cap_tokens(conn: Connection, account_id: str, scope: str, subject_id: str) -> int | None:
     rows = await conn.execute_fetchall(
         "SELECT tokens FROM member_caps WHERE account_id = ? AND scope = ? AND subject_id = ?",
         (account_id, scope, subject_id),
@@ -201,7 +199,7 @@ async def _cap_tokens(
 ACCOUNT_PAGE = 500
 
 
-async def verify_in(conn: aiosqlite.Connection) -> list[tuple[str, str]]:
+async def verify_in(conn: Connection) -> list[tuple[str, str]]:
     """(account, message) for every member counter that disagrees with the audit log.
 
     Only the current period's counters matter to caps (an earlier period's row restarts

@@ -8,14 +8,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import IO, Any
 
-import aiosqlite
-
 from ledger import members
 from ledger.accounts import Plan, available
 from ledger.clock import from_text, to_text
 from ledger.members import MemberSpending
 from ledger.periods import add_months, period_containing
 from ledger.records import Balance, UsageEntry
+from ledger.storage import Connection
 
 
 def _effective(row: dict[str, Any], now: datetime) -> tuple[dict[str, Any], bool]:
@@ -48,16 +47,14 @@ def balance_from_row(row: dict[str, Any], now: datetime) -> Balance:
     )
 
 
-async def _row(conn: aiosqlite.Connection, account_id: str) -> dict[str, Any] | None:
+async def _row(conn: Connection, account_id: str) -> dict[str, Any] | None:
     rows = await conn.execute_fetchall(
         "SELECT * FROM usage_limits WHERE account_id = ?", (account_id,)
     )
     return dict(rows[0]) if rows else None
 
 
-async def balance(
-    conn: aiosqlite.Connection, account_id: str, free: Plan, now: datetime
-) -> Balance:
+async def balance(conn: Connection, account_id: str, free: Plan, now: datetime) -> Balance:
     row = await _row(conn, account_id)
     if row is None:  # not created yet: shown as it will be created
         return Balance(
@@ -75,7 +72,7 @@ async def balance(
 
 
 async def member_spending(
-    conn: aiosqlite.Connection, account_id: str, user_id: str, roles: list[str], now: datetime
+    conn: Connection, account_id: str, user_id: str, roles: list[str], now: datetime
 ) -> MemberSpending:
     row = await _row(conn, account_id)
     cap = await members.cap_for(conn, account_id, user_id, roles)
@@ -96,7 +93,7 @@ USAGE_KEYS = {
 
 
 async def usage_by(
-    conn: aiosqlite.Connection, account_id: str, by: str, now: datetime
+    conn: Connection, account_id: str, by: str, now: datetime
 ) -> list[tuple[str | None, int]]:
     """This period's charges grouped by member, agent, operation or day (YYYY-MM-DD):
     the largest first, days in order. A None key: charges with no member or agent."""
@@ -113,9 +110,7 @@ async def usage_by(
     return [(r[0], int(r[1])) for r in rows]
 
 
-async def usage_by_operation(
-    conn: aiosqlite.Connection, account_id: str, now: datetime
-) -> dict[str, int]:
+async def usage_by_operation(conn: Connection, account_id: str, now: datetime) -> dict[str, int]:
     row = await _row(conn, account_id)
     if row is None or _effective(row, now)[1]:
         return {}
@@ -133,7 +128,7 @@ _USAGE_COLUMNS = (
 )
 
 
-async def history(conn: aiosqlite.Connection, account_id: str, limit: int) -> list[UsageEntry]:
+async def history(conn: Connection, account_id: str, limit: int) -> list[UsageEntry]:
     rows = await conn.execute_fetchall(
         f"SELECT {_USAGE_COLUMNS} FROM token_usage WHERE account_id = ? ORDER BY id DESC LIMIT ?",
         (account_id, limit),
@@ -145,7 +140,7 @@ EXPORT_PAGE = 10_000
 
 
 async def export_csv(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     out: IO[str],
     *,
     page: int = EXPORT_PAGE,

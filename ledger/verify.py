@@ -37,10 +37,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from ledger import members
 from ledger.records import Violation
+from ledger.storage import Connection, Row
 
 PAGE = 50_000  # audit rows per read transaction
 ACCOUNT_PAGE = 500
@@ -71,23 +70,21 @@ class Outcome:
     accounts: list[tuple[str, int, int, int]]  # (account, period_seq, charged, bonus) to store
 
 
-async def last_checkpoint(conn: aiosqlite.Connection) -> Checkpoint | None:
+async def last_checkpoint(conn: Connection) -> Checkpoint | None:
     rows = await conn.execute_fetchall(
         "SELECT through_usage_id, holds_from FROM verify_state WHERE id = 1"
     )
     return Checkpoint(rows[0][0], rows[0][1]) if rows else None
 
 
-async def _archived_through(conn: aiosqlite.Connection) -> int:
+async def _archived_through(conn: Connection) -> int:
     rows = await conn.execute_fetchall(
         "SELECT value FROM ledger_state WHERE key = 'holds_archived_through'"
     )
     return int(rows[0][0]) if rows else 0
 
 
-async def run(
-    conn: aiosqlite.Connection, *, full: bool, progress: Progress | None = None
-) -> Outcome:
+async def run(conn: Connection, *, full: bool, progress: Progress | None = None) -> Outcome:
     """Check every invariant; `conn` is a reader in autocommit mode."""
     base = None if full else await last_checkpoint(conn)
     start = base.through_usage_id if base else 0
@@ -102,9 +99,7 @@ async def run(
     return Outcome(found, base, Checkpoint(end, holds_from), accounts)
 
 
-async def _sum_log(
-    conn: aiosqlite.Connection, start: int, end: int, progress: Progress | None
-) -> _Sums:
+async def _sum_log(conn: Connection, start: int, end: int, progress: Progress | None) -> _Sums:
     sums = _Sums()
     low = start
     while low < end:
@@ -126,7 +121,7 @@ async def _sum_log(
 
 
 async def _accounts(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     base: Checkpoint | None,
     end: int,
     sums: _Sums,
@@ -146,7 +141,7 @@ async def _accounts(
                 " (SELECT COALESCE(SUM(h.amount), 0) FROM holds h"
                 "   WHERE h.account_id = u.account_id AND h.status = 'pending') AS pending"
                 " FROM usage_limits u LEFT JOIN verified_accounts v"
-                f" ON v.account_id = u.account_id AND {1 if base else 0}"
+                f" ON v.account_id = u.account_id AND {'1 = 1' if base else '1 = 0'}"
                 " WHERE u.account_id > ? ORDER BY u.account_id LIMIT ?",
                 (after, ACCOUNT_PAGE),
             )
@@ -185,7 +180,7 @@ async def _accounts(
     return found, stored
 
 
-def _account_breaches(r: aiosqlite.Row, charged: int, bonus: int) -> list[Violation]:
+def _account_breaches(r: Row, charged: int, bonus: int) -> list[Violation]:
     a = r["account_id"]
     found = [
         Violation(a, f"{name} is negative ({r[name]})")
@@ -208,7 +203,7 @@ def _account_breaches(r: aiosqlite.Row, charged: int, bonus: int) -> list[Violat
 
 
 async def _holds(
-    conn: aiosqlite.Connection, start: int, progress: Progress | None
+    conn: Connection, start: int, progress: Progress | None
 ) -> tuple[int, list[Violation]]:
     """Holds from rowid `start` on; returns where the next run must start: the first
     hold seen pending (it may still change), or past the last one seen."""
@@ -226,12 +221,14 @@ async def _holds(
             )
             breaches = await conn.execute_fetchall(
                 """
-                SELECT h.hold_id, h.account_id, h.status, h.charged, COUNT(t.id) AS entries,
-                       COALESCE(SUM(t.tokens_used), 0) AS logged
-                FROM holds h LEFT JOIN token_usage t ON t.hold_id = h.hold_id
-                WHERE h.rowid > ? AND h.rowid <= ?
-                GROUP BY h.hold_id
-                HAVING (h.status = 'pending' AND entries != 0)
+                SELECT * FROM (
+                  SELECT h.hold_id, h.account_id, h.status, h.charged, COUNT(t.id) AS entries,
+                         COALESCE(SUM(t.tokens_used), 0) AS logged
+                  FROM holds h LEFT JOIN token_usage t ON t.hold_id = h.hold_id
+                  WHERE h.rowid > ? AND h.rowid <= ?
+                  GROUP BY h.hold_id
+                ) AS h  -- a subquery: PostgreSQL's HAVING cannot name the counts
+                WHERE (h.status = 'pending' AND entries != 0)
                     OR (h.status != 'pending' AND entries != 1)
                     OR (h.status = 'committed' AND logged != h.charged)
                     OR (h.status != 'committed' AND logged != 0)
@@ -256,7 +253,7 @@ async def _holds(
     return (first_pending if first_pending is not None else max(start, top + 1)), found
 
 
-async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[Violation]:
+async def _lost_holds(conn: Connection, start: int, end: int) -> list[Violation]:
     """Audit rows of the walk naming a hold that has no row, above the archive's mark
     (read in the same snapshot: archiving may move it while verify runs)."""
     found: list[Violation] = []
@@ -279,7 +276,7 @@ async def _lost_holds(conn: aiosqlite.Connection, start: int, end: int) -> list[
     return found
 
 
-async def record(conn: aiosqlite.Connection, outcome: Outcome, now: str, mode: str) -> bool:
+async def record(conn: Connection, outcome: Outcome, now: str, mode: str) -> bool:
     """In a write transaction: store a clean run's checkpoint, unless another run stored
     one since this run started (compare and set, so two runs never mix their sums)."""
     if outcome.base is None:

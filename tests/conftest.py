@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger, ManualClock
+from tests.stores import STORES, fresh_schema
 
 pytest_plugins: list[str] = [
     "tests.fakes.openai_server",
@@ -38,9 +39,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
+@pytest.fixture(params=STORES)
+async def database(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
+    """The database of a test, on each store in turn: a SQLite file, a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(db_path)
+        return
+    async with fresh_schema() as dsn:
+        yield dsn
+
+
 @pytest.fixture
-async def ledger(db_path: Path, clock: ManualClock) -> AsyncIterator[Ledger]:
-    opened = await Ledger.open(db_path, clock=clock)
+async def ledger(database: str, clock: ManualClock) -> AsyncIterator[Ledger]:
+    opened = await Ledger.open(database, clock=clock)
     try:
         yield opened
     finally:

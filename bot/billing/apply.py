@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from bot.billing import store
 from bot.billing.states import (
     Access,
@@ -41,6 +39,7 @@ from bot.billing.states import (
 from ledger import Ledger
 from ledger.clock import from_text, to_text
 from ledger.periods import period_containing
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ async def apply_event(
 
 async def _apply(
     ledger: Ledger,
-    conn: aiosqlite.Connection,
+    conn: Connection,
     event: BillingEvent,
     rules: Rules,
     body: bytes | None,
@@ -124,9 +123,7 @@ async def keep_invalid(ledger: Ledger, event: BillingEvent, body: bytes, reason:
     )
 
 
-async def decide(
-    ledger: Ledger, conn: aiosqlite.Connection, event: BillingEvent, rules: Rules
-) -> Outcome:
+async def decide(ledger: Ledger, conn: Connection, event: BillingEvent, rules: Rules) -> Outcome:
     """What the event does, done inside the caller's transaction."""
     account, user = event.account_id, event.user_id
     if event.invalid is not None:
@@ -155,7 +152,7 @@ async def decide(
 
 async def _snapshot(
     ledger: Ledger,
-    conn: aiosqlite.Connection,
+    conn: Connection,
     event: BillingEvent,
     state: SubscriptionState,
     rules: Rules,
@@ -236,7 +233,7 @@ def governing(rows: list[dict[str, Any]], now: datetime, rules: Rules) -> dict[s
 
 async def recompute(
     ledger: Ledger,
-    conn: aiosqlite.Connection,
+    conn: Connection,
     account_id: str,
     rules: Rules,
     reason: str,
@@ -270,7 +267,7 @@ async def recompute(
 
 
 async def _of_invoice(
-    conn: aiosqlite.Connection, event: BillingEvent
+    conn: Connection, event: BillingEvent
 ) -> tuple[InvoiceState, dict[str, Any] | None, str | None, str | None]:
     """The invoice, its stored subscription, and the account and buyer it maps to."""
     invoice = event.invoice
@@ -281,9 +278,7 @@ async def _of_invoice(
     return invoice, stored, account, user
 
 
-async def _payment(
-    ledger: Ledger, conn: aiosqlite.Connection, event: BillingEvent, rules: Rules
-) -> Outcome:
+async def _payment(ledger: Ledger, conn: Connection, event: BillingEvent, rules: Rules) -> Outcome:
     invoice, stored, account, user = await _of_invoice(conn, event)
     if not (invoice.paid and invoice.starts_period):
         return Outcome("recorded", account, user, detail="not a payment for a new cycle")
@@ -319,7 +314,7 @@ async def _payment(
 
 
 async def _payment_refund(
-    ledger: Ledger, conn: aiosqlite.Connection, event: BillingEvent, rules: Rules
+    ledger: Ledger, conn: Connection, event: BillingEvent, rules: Rules
 ) -> Outcome:
     invoice, stored, account, user = await _of_invoice(conn, event)
     key = f"refund:{event.name}:{event.object_id}:{invoice.refunded_amount}"
@@ -345,7 +340,10 @@ async def _payment_refund(
     else:
         detail += f" refunded; policy {rules.refund_policy}: the subscription goes on"
     await ledger.note_in(conn, account, "refund", event.provider, detail)
-    before, after = await recompute(ledger, conn, account, rules, f"refund of {invoice.invoice_id}")
+    before = after = None
+    if downgrade:  # only then may the plan move; a refund alone never touches it
+        reason = f"refund of {invoice.invoice_id}"
+        before, after = await recompute(ledger, conn, account, rules, reason)
     log.warning("refund on %s: %s", account, detail)
     return Outcome("refund", account, user, before, after, detail=detail, effect_key=key)
 
@@ -353,9 +351,7 @@ async def _payment_refund(
 # ---- orders: token packs ---------------------------------------------------------------
 
 
-async def _order(
-    ledger: Ledger, conn: aiosqlite.Connection, event: BillingEvent, rules: Rules
-) -> Outcome:
+async def _order(ledger: Ledger, conn: Connection, event: BillingEvent, rules: Rules) -> Outcome:
     order = event.order
     assert order is not None
     account, user = event.account_id, event.user_id
@@ -394,7 +390,7 @@ async def _order(
 
 
 async def _order_refund(
-    ledger: Ledger, conn: aiosqlite.Connection, event: BillingEvent, rules: Rules
+    ledger: Ledger, conn: Connection, event: BillingEvent, rules: Rules
 ) -> Outcome:
     order = event.order
     assert order is not None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bot.billing import store
 from bot.billing.apply import Outcome, Rules, decide, recompute
 from bot.billing.lemonsqueezy.statuses import PROVIDER
@@ -14,6 +12,7 @@ from bot.billing.lemonsqueezy.webhook import parse_event
 from bot.billing.provider import InvalidEvent
 from bot.billing.store import StoredEvent
 from ledger import Ledger, LedgerError
+from ledger.storage import Connection
 
 # Outcomes whose effect is in the books: a replay of them changes nothing.
 DONE = ("applied", "refund")
@@ -45,7 +44,7 @@ async def replay(ledger: Ledger, rules: Rules, event_id: int) -> Replayed:
     except InvalidEvent as error:
         raise BillingError(f"event {event_id} is not readable: {error}") from None
 
-    async def op(conn: aiosqlite.Connection) -> Outcome:
+    async def op(conn: Connection) -> Outcome:
         outcome = await decide(ledger, conn, event, rules)
         await conn.execute(
             "UPDATE webhook_events SET outcome = ?, detail = ?, account_id = ?, effect_key = ?"
@@ -70,7 +69,7 @@ async def link(
     """Attach an unlinked subscription to `account_id` and apply its stored state;
     returns the account's plan before and after."""
 
-    async def op(conn: aiosqlite.Connection) -> tuple[str, str]:
+    async def op(conn: Connection) -> tuple[str, str]:
         row = await store.subscription(conn, PROVIDER, subscription_id)
         if row is None:
             raise BillingError(f"no subscription {subscription_id} was received")

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from ledger.store import Store, apply_migrations
+from ledger.storage import Connection, Store
 
 BILLING_MIGRATIONS: list[str] = [
     # 1: the provider in every key, raw bodies kept, access instead of plan, pack orders.
@@ -108,7 +106,7 @@ RETRYABLE = ("invalid", "test_mode_ignored")
 
 
 async def migrate(store: Store) -> None:
-    await store.write(lambda conn: apply_migrations(conn, "billing_schema", BILLING_MIGRATIONS))
+    await store.migrate("billing_schema", BILLING_MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -141,9 +139,7 @@ def _event(row: Any) -> StoredEvent:
     )
 
 
-async def event_by_body(
-    conn: aiosqlite.Connection, provider: str, body_sha256: str
-) -> StoredEvent | None:
+async def event_by_body(conn: Connection, provider: str, body_sha256: str) -> StoredEvent | None:
     rows = await conn.execute_fetchall(
         "SELECT * FROM webhook_events WHERE provider = ? AND body_sha256 = ?",
         (provider, body_sha256),
@@ -151,14 +147,12 @@ async def event_by_body(
     return _event(rows[0]) if rows else None
 
 
-async def event_by_id(conn: aiosqlite.Connection, event_id: int) -> StoredEvent | None:
+async def event_by_id(conn: Connection, event_id: int) -> StoredEvent | None:
     rows = await conn.execute_fetchall("SELECT * FROM webhook_events WHERE id = ?", (event_id,))
     return _event(rows[0]) if rows else None
 
 
-async def events(
-    conn: aiosqlite.Connection, account_id: str | None, limit: int
-) -> list[StoredEvent]:
+async def events(conn: Connection, account_id: str | None, limit: int) -> list[StoredEvent]:
     where, args = ("WHERE account_id = ?", (account_id,)) if account_id else ("", ())
     rows = await conn.execute_fetchall(
         f"SELECT * FROM webhook_events {where} ORDER BY id DESC LIMIT ?", (*args, limit)
@@ -167,7 +161,7 @@ async def events(
 
 
 async def record_event(
-    conn: aiosqlite.Connection, values: dict[str, Any], existing: StoredEvent | None
+    conn: Connection, values: dict[str, Any], existing: StoredEvent | None
 ) -> None:
     """Insert the event's row, or (a retryable event received again) update it."""
     if existing is None:
@@ -195,9 +189,7 @@ async def record_event(
 NOT_KNOWN_YET = "subscription not known yet"
 
 
-async def invoice_waiting(
-    conn: aiosqlite.Connection, provider: str, subscription_id: str
-) -> str | None:
+async def invoice_waiting(conn: Connection, provider: str, subscription_id: str) -> str | None:
     """The newest paid invoice recorded before the subscription was known."""
     rows = await conn.execute_fetchall(
         "SELECT object_id FROM webhook_events WHERE provider = ? AND subscription_id = ?"
@@ -207,7 +199,7 @@ async def invoice_waiting(
     return rows[0][0] if rows else None
 
 
-async def effect_applied(conn: aiosqlite.Connection, provider: str, key: str) -> bool:
+async def effect_applied(conn: Connection, provider: str, key: str) -> bool:
     rows = await conn.execute_fetchall(
         "SELECT 1 FROM webhook_events WHERE provider = ? AND effect_key = ? LIMIT 1",
         (provider, key),
@@ -216,7 +208,7 @@ async def effect_applied(conn: aiosqlite.Connection, provider: str, key: str) ->
 
 
 async def subscription(
-    conn: aiosqlite.Connection, provider: str, subscription_id: str
+    conn: Connection, provider: str, subscription_id: str
 ) -> dict[str, Any] | None:
     rows = await conn.execute_fetchall(
         "SELECT * FROM subscriptions WHERE provider = ? AND subscription_id = ?",
@@ -226,7 +218,7 @@ async def subscription(
 
 
 async def subscription_by_order(
-    conn: aiosqlite.Connection, provider: str, order_id: str
+    conn: Connection, provider: str, order_id: str
 ) -> dict[str, Any] | None:
     rows = await conn.execute_fetchall(
         "SELECT * FROM subscriptions WHERE provider = ? AND order_id = ?", (provider, order_id)
@@ -234,7 +226,7 @@ async def subscription_by_order(
     return dict(rows[0]) if rows else None
 
 
-async def subscriptions_of(conn: aiosqlite.Connection, account_id: str) -> list[dict[str, Any]]:
+async def subscriptions_of(conn: Connection, account_id: str) -> list[dict[str, Any]]:
     rows = await conn.execute_fetchall(
         "SELECT * FROM subscriptions WHERE account_id = ? ORDER BY provider, subscription_id",
         (account_id,),
@@ -242,7 +234,7 @@ async def subscriptions_of(conn: aiosqlite.Connection, account_id: str) -> list[
     return [dict(r) for r in rows]
 
 
-async def save_subscription(conn: aiosqlite.Connection, row: dict[str, Any]) -> None:
+async def save_subscription(conn: Connection, row: dict[str, Any]) -> None:
     columns = ", ".join(row)
     updates = ", ".join(
         f"{c} = excluded.{c}" for c in row if c not in ("provider", "subscription_id")
@@ -254,14 +246,14 @@ async def save_subscription(conn: aiosqlite.Connection, row: dict[str, Any]) -> 
     )
 
 
-async def order(conn: aiosqlite.Connection, provider: str, order_id: str) -> dict[str, Any] | None:
+async def order(conn: Connection, provider: str, order_id: str) -> dict[str, Any] | None:
     rows = await conn.execute_fetchall(
         "SELECT * FROM orders WHERE provider = ? AND order_id = ?", (provider, order_id)
     )
     return dict(rows[0]) if rows else None
 
 
-async def insert_order(conn: aiosqlite.Connection, row: dict[str, Any]) -> bool:
+async def insert_order(conn: Connection, row: dict[str, Any]) -> bool:
     """False if the order is already there (granted once, whatever the body)."""
     inserted = await conn.execute_fetchall(
         f"INSERT INTO orders ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
@@ -271,9 +263,7 @@ async def insert_order(conn: aiosqlite.Connection, row: dict[str, Any]) -> bool:
     return bool(inserted)
 
 
-async def add_revoked(
-    conn: aiosqlite.Connection, provider: str, order_id: str, tokens: int
-) -> None:
+async def add_revoked(conn: Connection, provider: str, order_id: str, tokens: int) -> None:
     await conn.execute(
         "UPDATE orders SET tokens_revoked = tokens_revoked + ? WHERE provider = ? AND order_id = ?",
         (tokens, provider, order_id),

@@ -13,13 +13,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bot.config import Config
 from bot.core.metering import Actor
 from bot.core.repository import Agent, Repository
 from bot.errors import AgentLimitReached, InvalidInput, NotFound, PermissionDenied
 from ledger import Ledger, LedgerError
+from ledger.storage import Connection
 
 NAME_MAX = 32
 PROMPT_MAX = 4000  # a Discord modal's long text field holds at most 4,000 characters
@@ -79,7 +78,7 @@ class AgentService:
         plan = (await self.ledger.balance(actor.account_id)).plan_type
         limit = self.config.plans.as_ledger_plans()[plan].max_agents
 
-        async def op(conn: aiosqlite.Connection) -> Agent:
+        async def op(conn: Connection) -> Agent:
             if await self.repo.agent_named_in(conn, actor.account_id, name):
                 raise _Refused(InvalidInput(f"There is already an agent named {name} here."))
             if limit and await self.repo.count_agents_in(conn, actor.account_id) >= limit:

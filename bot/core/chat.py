@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from bot.config import Config
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
@@ -36,6 +34,7 @@ from bot.core.metering import Actor, Meter, Salvaged
 from bot.core.repository import Agent, Repository, Turn
 from bot.core.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, count_tokens
 from bot.errors import BotError, InvalidInput, NotFound
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +296,7 @@ class ChatService:
 
         asked = message if image is None else f"{message}\n{image.note()}"
 
-        async def store(conn: aiosqlite.Connection, reply: _Reply) -> None:
+        async def store(conn: Connection, reply: _Reply) -> None:
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             conversation_id = await self.repo.open_conversation_in(
                 conn, thread_key, agent.id, actor.account_id

@@ -25,12 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import aiosqlite
-
 from bot.config import CostsSettings
 from bot.core.telemetry import Telemetry
 from bot.errors import AIUnusable
 from ledger import BalanceAlert, Hold, InsufficientTokens, Ledger
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class Meter:
         model: str,
         call: Callable[[], Awaitable[R]],
         cost: Callable[[R], int],
-        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None = None,
+        store: Callable[[Connection, R], Awaitable[None]] | None = None,
         salvage: Callable[[BaseException], R | None] | None = None,
         *,
         agent: str | None = None,
@@ -167,7 +166,7 @@ class Meter:
             raise
         log.debug("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
-        async def commit(conn: aiosqlite.Connection):
+        async def commit(conn: Connection):
             if store is not None:
                 await store(conn, result)
             return await self.ledger.commit_in(conn, hold, charge)
@@ -195,7 +194,7 @@ class Meter:
         hold: Hold,
         partial: R,
         cost: Callable[[R], int],
-        store: Callable[[aiosqlite.Connection, R], Awaitable[None]] | None,
+        store: Callable[[Connection, R], Awaitable[None]] | None,
         reason: str,
     ) -> Metered[R] | None:
         charge = cost(partial)
@@ -207,7 +206,7 @@ class Meter:
             charge,
         )
 
-        async def commit(conn: aiosqlite.Connection):
+        async def commit(conn: Connection):
             if store is not None:
                 await store(conn, partial)
             return await self.ledger.commit_in(conn, hold, charge, f"partial: {reason}")

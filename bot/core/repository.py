@@ -2,8 +2,8 @@
 ledger's database file and through the ledger's single writer, so that a charge and
 the thing it paid for can commit in one transaction.
 
-Its schema has its own numbered migrations, tracked in `app_schema` (the ledger owns
-`PRAGMA user_version`). All the SQL of these tables lives in this module.
+Its schema has its own numbered migrations, tracked in `app_schema` (ledger/storage/migrate.py
+runs them on either engine). All the SQL of these tables lives in this module.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiosqlite
-
 from bot.errors import NotFound
-from ledger.store import Store, apply_migrations
+from ledger.storage import Connection, Row, Store
 
 APP_MIGRATIONS: list[str] = [
     # 1: agents with their avatar; documents, chunks and conversations for chat.
@@ -208,7 +206,7 @@ class Agent:
     created_at: str
 
 
-def _agent(row: aiosqlite.Row) -> Agent:
+def _agent(row: Row) -> Agent:
     return Agent(
         row["id"],
         row["account_id"],
@@ -231,19 +229,17 @@ class Repository:
         self.store = store
 
     async def migrate(self) -> None:
-        await self.store.write(lambda conn: apply_migrations(conn, "app_schema", APP_MIGRATIONS))
+        await self.store.migrate("app_schema", APP_MIGRATIONS)
 
     # ---- agents ---------------------------------------------------------------------
 
-    async def count_agents_in(self, conn: aiosqlite.Connection, account_id: str) -> int:
+    async def count_agents_in(self, conn: Connection, account_id: str) -> int:
         rows = await conn.execute_fetchall(
             "SELECT COUNT(*) FROM agents WHERE account_id = ?", (account_id,)
         )
         return int(rows[0][0])
 
-    async def agent_named_in(
-        self, conn: aiosqlite.Connection, account_id: str, name: str
-    ) -> Agent | None:
+    async def agent_named_in(self, conn: Connection, account_id: str, name: str) -> Agent | None:
         rows = await conn.execute_fetchall(
             "SELECT * FROM agents WHERE account_id = ? AND name_key = ?",
             (account_id, name_key(name)),
@@ -251,7 +247,7 @@ class Repository:
         return _agent(rows[0]) if rows else None
 
     async def insert_agent_in(
-        self, conn: aiosqlite.Connection, account_id: str, name: str, prompt: str, creator_id: str
+        self, conn: Connection, account_id: str, name: str, prompt: str, creator_id: str
     ) -> Agent:
         now = _now()
         rows = await conn.execute_fetchall(
@@ -261,9 +257,7 @@ class Repository:
         )
         return _agent(rows[0])
 
-    async def require_agent_in(
-        self, conn: aiosqlite.Connection, account_id: str, agent_id: int
-    ) -> None:
+    async def require_agent_in(self, conn: Connection, account_id: str, agent_id: int) -> None:
         """Inside a commit's transaction: the agent still exists in this account, or
         AgentGone, so nothing is stored into (or charged for) an agent deleted meanwhile."""
         rows = await conn.execute_fetchall(
@@ -303,7 +297,7 @@ class Repository:
         )
 
     async def delete_agent(self, agent_id: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             await conn.execute(
                 "INSERT INTO retired_conversations (thread_key, agent_name, retired_at)"
                 " SELECT c.thread_key, a.name, ? FROM conversations c JOIN agents a"
@@ -326,7 +320,7 @@ class Repository:
         return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def set_avatar_in(
-        self, conn: aiosqlite.Connection, agent_id: int, path: str, source: str
+        self, conn: Connection, agent_id: int, path: str, source: str
     ) -> str | None:
         """Point the agent at `path`; returns the file it pointed at until now."""
         rows = await conn.execute_fetchall(
@@ -349,7 +343,7 @@ class Repository:
 
     async def insert_document_in(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         agent_id: int,
         name: str,
         kind: str,
@@ -385,13 +379,13 @@ class Repository:
         orphans, and deleting again finishes the work."""
         while True:
 
-            async def op(conn: aiosqlite.Connection) -> int:
-                await conn.execute(
+            async def op(conn: Connection) -> int:
+                cursor = await conn.execute(
                     f"DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE {where}"
                     f" LIMIT {CHUNK_DELETE_BATCH})",
                     params,
                 )
-                deleted = int((await conn.execute_fetchall("SELECT changes()"))[0][0])
+                deleted = int(cursor.rowcount)
                 if deleted:
                     await _bump_documents_version(conn, agent_id)
                 return deleted
@@ -404,7 +398,7 @@ class Repository:
             "document_id = ? AND agent_id = ?", (document_id, agent_id), agent_id
         )
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(conn: Connection) -> None:
             await conn.execute(
                 "DELETE FROM documents WHERE id = ? AND agent_id = ?", (document_id, agent_id)
             )
@@ -415,7 +409,7 @@ class Repository:
     async def chunk_count(self, account_id: str) -> int:
         return await self.chunk_count_in(self.store.reader, account_id)
 
-    async def chunk_count_in(self, conn: aiosqlite.Connection, account_id: str) -> int:
+    async def chunk_count_in(self, conn: Connection, account_id: str) -> int:
         rows = await conn.execute_fetchall(
             "SELECT COUNT(*) FROM chunks c JOIN agents a ON a.id = c.agent_id"
             " WHERE a.account_id = ?",
@@ -467,7 +461,7 @@ class Repository:
         return Conversation(*rows[0]) if rows else None
 
     async def open_conversation_in(
-        self, conn: aiosqlite.Connection, thread_key: str, agent_id: int, account_id: str
+        self, conn: Connection, thread_key: str, agent_id: int, account_id: str
     ) -> int:
         rows = await conn.execute_fetchall(
             "INSERT INTO conversations (thread_key, agent_id, account_id, created_at)"
@@ -487,7 +481,7 @@ class Repository:
     async def delete_conversation(self, thread_key: str) -> int:
         """Forget a conversation (its turns go with it); returns the turns forgotten."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
+        async def op(conn: Connection) -> int:
             rows = await conn.execute_fetchall(
                 "SELECT COUNT(*) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
                 " WHERE c.thread_key = ?",
@@ -511,9 +505,7 @@ class Repository:
         )
         return [Turn(*r) for r in reversed(rows)]
 
-    async def add_turns_in(
-        self, conn: aiosqlite.Connection, conversation_id: int, turns: list[Turn]
-    ) -> None:
+    async def add_turns_in(self, conn: Connection, conversation_id: int, turns: list[Turn]) -> None:
         now = _now()
         await conn.executemany(
             "INSERT INTO turns (conversation_id, role, content, tokens, created_at)"
@@ -535,7 +527,7 @@ class Repository:
     ) -> ServerRules:
         """Read, change and store a server's rules in one write transaction."""
 
-        async def op(conn: aiosqlite.Connection) -> ServerRules:
+        async def op(conn: Connection) -> ServerRules:
             rows = await conn.execute_fetchall(
                 "SELECT channels, paid_role, alert_channel FROM server_rules WHERE account_id = ?",
                 (account_id,),
@@ -597,7 +589,7 @@ class AgentGone(NotFound):
         self.agent_id = agent_id
 
 
-async def _bump_documents_version(conn: aiosqlite.Connection, agent_id: int) -> None:
+async def _bump_documents_version(conn: Connection, agent_id: int) -> None:
     await conn.execute(
         "UPDATE agents SET documents_version = documents_version + 1 WHERE id = ?", (agent_id,)
     )

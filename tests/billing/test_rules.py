@@ -252,6 +252,7 @@ async def test_another_store_is_ignored(billing_ledger: Ledger, config: Config) 
     outcome = await deliver(billing_ledger, config, payload)
     assert (outcome.outcome, outcome.detail) == ("ignored", "another store (999)")
     assert (await billing_ledger.balance(ACCOUNT)).plan_type == "free"
+    assert await billing_ledger.verify() == []
 
 
 async def test_no_variant_configured_grants_nothing(tmp_path: Path, billing_ledger: Ledger) -> None:
@@ -260,6 +261,7 @@ async def test_no_variant_configured_grants_nothing(tmp_path: Path, billing_ledg
     outcome = await deliver(billing_ledger, config, subscription("subscription_created"))
     assert outcome.outcome == "ignored"
     assert (await billing_ledger.balance(ACCOUNT)).plan_type == "free"
+    assert await billing_ledger.verify() == []
 
 
 # ---- 3. tokens are monthly, whatever the billing interval --------------------------------
@@ -410,6 +412,7 @@ async def test_an_order_refund_of_a_subscription_is_in_the_history(
     assert outcome.outcome == "refund"
     assert any(op == "refund" and "30.00 USD" in d for op, d in await _history(billing_ledger))
     assert (await billing_ledger.balance(ACCOUNT)).plan_type == "pro"  # policy keep
+    assert await billing_ledger.verify() == []
 
 
 # ---- 5. token packs ----------------------------------------------------------------------
@@ -477,6 +480,7 @@ async def test_an_unpaid_pack_order_grants_nothing(billing_ledger: Ledger, confi
     pending = order("order_created", order_id="74", variant_id=PACK_VARIANT, status="pending")
     assert (await deliver(billing_ledger, config, pending)).outcome == "recorded"
     assert (await billing_ledger.balance(ACCOUNT)).bonus_tokens == 0
+    assert await billing_ledger.verify() == []
 
 
 # ---- 7. one audit trail ------------------------------------------------------------------
@@ -535,6 +539,7 @@ async def test_an_event_missing_a_field_is_kept_as_invalid(
         "SELECT outcome, detail, body FROM webhook_events"
     )
     assert (row["outcome"], bytes(row["body"])) == ("invalid", encode(payload))
+    assert await billing_ledger.verify() == []
 
 
 async def test_a_test_mode_event_applies_when_resent_in_test_mode(
@@ -550,7 +555,8 @@ async def test_a_test_mode_event_applies_when_resent_in_test_mode(
     assert (await deliver(billing_ledger, on, body)).outcome == "duplicate"
     rows = await billing_ledger.store.reader.execute_fetchall("SELECT outcome FROM webhook_events")
     assert [r[0] for r in rows] == ["applied"]
+    assert await billing_ledger.verify() == []
 
 
-def test_days_helper_is_consistent() -> None:
+def test_the_annual_year_is_twelve_months() -> None:
     assert add_months(SWITCH, 12) - SWITCH == timedelta(days=365)

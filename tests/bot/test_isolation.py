@@ -18,7 +18,7 @@ from bot.core.metering import Actor
 from bot.core.repository import APP_MIGRATIONS, Repository
 from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from ledger.store import Store
+from ledger.storage.sqlite import SqliteStore as Store
 from tests.bot.helpers import text
 
 GUILD_A, GUILD_B = 1000, 2000

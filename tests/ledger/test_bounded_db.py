@@ -11,7 +11,14 @@ import pytest
 
 from ledger import Ledger, ManualClock
 from ledger import ledger as ledger_module
-from ledger.store import JOURNAL_SIZE_LIMIT, Store
+from ledger.storage.sqlite import JOURNAL_SIZE_LIMIT
+from ledger.storage.sqlite import SqliteStore as Store
+
+
+@pytest.fixture
+def database(db_path: Path) -> str:
+    """SQLite only: these cases tamper with (or measure) the file itself."""
+    return str(db_path)
 
 
 def _count(db_path: Path, sql: str) -> int:

@@ -7,10 +7,18 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from ledger import Ledger, ManualClock
 from ledger import verify as verifier
 
 ACCOUNTS = ["user:1", "user:2", "guild:3"]
+
+
+@pytest.fixture
+def database(db_path: Path) -> str:
+    """SQLite only: these cases tamper with (or measure) the file itself."""
+    return str(db_path)
 
 
 async def _activity(ledger: Ledger, rounds: int) -> None:

@@ -22,6 +22,12 @@ from ledger import (
 ACCOUNT = "guild:1"
 
 
+@pytest.fixture
+def database(db_path: Path) -> str:
+    """SQLite only: these cases tamper with (or measure) the file itself."""
+    return str(db_path)
+
+
 async def test_50_concurrent_reserves_of_one_member_admit_exactly_the_cap(ledger: Ledger) -> None:
     await ledger.set_cap(ACCOUNT, "default", "", 12_000, actor="user:9", reason="fair share")
     mine = [ledger.reserve(ACCOUNT, 1_000, "chat", user_id=5) for _ in range(50)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -20,17 +18,18 @@ from ledger import (
 ACCOUNT = "user:42"
 
 
-def _hold_rows(db_path: Path) -> list[tuple[str, str, int | None]]:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        return conn.execute("SELECT hold_id, status, charged FROM holds ORDER BY rowid").fetchall()
+async def _hold_rows(ledger: Ledger) -> list[tuple[str, str, int | None]]:
+    rows = await ledger.store.reader.execute_fetchall(
+        "SELECT hold_id, status, charged FROM holds ORDER BY rowid"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _usage_rows_for(db_path: Path, hold_id: str) -> int:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM token_usage WHERE hold_id = ?", (hold_id,)
-        ).fetchone()
-    return int(count)
+async def _usage_rows_for(ledger: Ledger, hold_id: str) -> int:
+    rows = await ledger.store.reader.execute_fetchall(
+        "SELECT COUNT(*) FROM token_usage WHERE hold_id = ?", (hold_id,)
+    )
+    return int(rows[0][0])
 
 
 # ---- exactly-once resolution ----------------------------------------------------------
@@ -51,7 +50,7 @@ async def test_double_commit_returns_the_first_outcome_and_changes_nothing(
     assert second.available == first.available
     assert await ledger.balance(ACCOUNT) == after_first
     assert after_first.tokens_used == 7_000 and after_first.tokens_held == 0
-    assert _usage_rows_for(db_path, hold.hold_id) == 1
+    assert await _usage_rows_for(ledger, hold.hold_id) == 1
     assert await ledger.verify() == []
 
 
@@ -66,7 +65,7 @@ async def test_commit_after_release_charges_nothing(ledger: Ledger, db_path: Pat
     assert (late.status, late.charged) == ("released", 0)
     balance = await ledger.balance(ACCOUNT)
     assert (balance.tokens_used, balance.tokens_held, balance.available) == (0, 0, 250_000)
-    assert _usage_rows_for(db_path, hold.hold_id) == 1
+    assert await _usage_rows_for(ledger, hold.hold_id) == 1
     assert await ledger.verify() == []
 
 
@@ -104,7 +103,7 @@ async def test_commit_and_release_after_expiry_change_nothing(
         assert (late.status, late.charged) == ("expired", 0)
     balance = await ledger.balance(ACCOUNT)
     assert (balance.tokens_used, balance.tokens_held) == (1_000, 2_000)
-    statuses = {hold_id: status for hold_id, status, _ in _hold_rows(db_path)}
+    statuses = {hold_id: status for hold_id, status, _ in await _hold_rows(ledger)}
     assert statuses == {
         hold.hold_id: "expired",
         kept.hold_id: "committed",

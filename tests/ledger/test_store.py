@@ -10,7 +10,8 @@ import aiosqlite
 import pytest
 
 from ledger.errors import LedgerError
-from ledger.store import OperationSuspended, Store
+from ledger.storage.sqlite import OperationSuspended
+from ledger.storage.sqlite import SqliteStore as Store
 
 
 async def _count(store: Store) -> int:

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from bot.config import Config
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway, ImageResult
@@ -24,6 +22,7 @@ from bot.core.metering import Actor, Meter
 from bot.core.repository import Agent, Repository
 from bot.errors import AIUnavailable
 from ledger import InsufficientTokens, Ledger
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class AvatarService:
             await asyncio.to_thread(_write_atomically, new_path, png)
             return png
 
-        async def store(conn: aiosqlite.Connection, _png: bytes) -> None:
+        async def store(conn: Connection, _png: bytes) -> None:
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             replaced.append(
                 await self.repo.set_avatar_in(conn, agent.id, str(new_path), "generated")
@@ -116,7 +115,7 @@ class AvatarService:
         new_path = self._new_path(agent)
         await asyncio.to_thread(_write_atomically, new_path, png)
 
-        async def op(conn: aiosqlite.Connection) -> str | None:
+        async def op(conn: Connection) -> str | None:
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             return await self.repo.set_avatar_in(conn, agent.id, str(new_path), "uploaded")
 

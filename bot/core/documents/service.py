@@ -18,7 +18,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-import aiosqlite
 import numpy as np
 
 from bot.config import Config, LimitsSettings
@@ -30,6 +29,7 @@ from bot.core.documents.retrieval import Retriever, to_blob
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Document, Repository
 from bot.errors import InvalidInput, NotFound
+from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class DocumentService:
 
         document_ids: list[int] = []
 
-        async def store(conn: aiosqlite.Connection, result: tuple[np.ndarray, int]) -> None:
+        async def store(conn: Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)

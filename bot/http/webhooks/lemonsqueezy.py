@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -24,7 +23,7 @@ from bot.billing.provider import InvalidEvent
 from bot.billing.service import rules_of
 from bot.config import Config
 from ledger import Ledger
-from ledger.store import is_busy
+from ledger.errors import StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +56,9 @@ def route(config: Config, ledger: Ledger, notifier: Notifier | None) -> Handler:
             return web.json_response({"error": str(error)}, status=400)
         try:
             outcome = await apply_event(ledger, event, rules_of(config), body)
-        except sqlite3.OperationalError as error:
-            if is_busy(error):
-                log.warning("database busy while applying %s; LemonSqueezy will retry", event.name)
-                return web.json_response({"error": "busy, retry"}, status=500)
-            raise
+        except StoreBusy:
+            log.warning("database busy while applying %s; LemonSqueezy will retry", event.name)
+            return web.json_response({"error": "busy, retry"}, status=500)
         except UnicodeEncodeError:  # a lone surrogate in a text field: SQLite cannot store it
             log.warning("webhook %s has text that cannot be stored", event.name)
             return web.json_response({"error": "unreadable event"}, status=400)

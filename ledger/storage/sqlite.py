@@ -21,8 +21,9 @@ the writer they get a synchronous connection with the same methods whose awaits 
 suspend. So an operation may await only its connection (anything else is refused loudly).
 Reads keep an aiosqlite connection of their own.
 
-All SQLite-specific detail lives here and in the modules that issue SQL, so a move to
-PostgreSQL is a new store, not a rewrite.
+All SQLite-specific detail lives here and in ledger/storage/archive.py; the PostgreSQL
+store (ledger/storage/postgres.py) keeps the same promises with one pooled connection per
+transaction instead of a single writer.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreBusy
 from ledger.schema import MIGRATIONS
+from ledger.storage import archive
+from ledger.storage.migrate import LEDGER, sqlite_migrate
+from ledger.storage.protocol import Checkpointed, Compacted
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +130,10 @@ class SyncCursor:
     async def __aexit__(self, *exc: object) -> None:
         self._cursor.close()
 
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
     async def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
@@ -177,9 +185,10 @@ Outcome = tuple[Any, BaseException | None]
 _CLOSE = object()
 
 
-class Store:
+class SqliteStore:
     """One writer connection on its own thread, fed by a queue; one reader connection."""
 
+    dialect = "sqlite"
     # Told the size of each write batch (the application's metrics); None: nobody asks.
     on_batch: Callable[[int], None] | None = None
 
@@ -196,18 +205,28 @@ class Store:
         self.last_write = time.monotonic()
 
     @classmethod
-    async def open(cls, path: str | Path, *, secure_delete: bool = False) -> Store:
+    async def open(cls, path: str | Path, *, secure_delete: bool = False) -> SqliteStore:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         writer = await asyncio.to_thread(connect_sync, path, secure_delete=secure_delete)
         try:
-            await asyncio.to_thread(lambda: drive(migrate(SyncConnection(writer))))  # type: ignore[arg-type]
             reader = await connect(path, secure_delete=secure_delete)
         except BaseException:
             writer.close()
             raise
-        return cls(writer, reader)
+        store = cls(writer, reader)
+        try:
+            await store.migrate(LEDGER, MIGRATIONS)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def migrate(self, part: str, migrations: list[str]) -> None:
+        """Apply the migrations of `part` not yet applied, in one write transaction (so
+        another process opening the same file at once applies none of them twice)."""
+        await self.write(lambda conn: sqlite_migrate(conn, part, migrations))
 
     async def close(self) -> None:
         """Finish what was submitted before the close, then close both connections."""
@@ -245,7 +264,12 @@ class Store:
             raise RuntimeError("the ledger is closed")
         pending = _Pending(op)
         self._queue.put_nowait(pending)
-        return await pending.future
+        try:
+            return await pending.future
+        except sqlite3.OperationalError as error:
+            if is_busy(error):
+                raise StoreBusy(str(error)) from error
+            raise
 
     async def _run(self) -> None:
         while True:
@@ -355,12 +379,42 @@ class Store:
 
         return await self.on_writer(job)
 
+    async def archive_batch(self, cutoff: str) -> int | None:
+        """One batch of the hold archive (ledger/storage/archive.py), between two group
+        commits, with foreign keys off for it alone."""
+        return await self.on_writer(lambda raw: archive.archive_batch(raw, cutoff))
 
-@dataclass(frozen=True)
-class Checkpointed:
-    busy: bool  # a reader or writer was in the way: the WAL was not emptied
-    log_frames: int  # frames in the WAL (-1 if not in WAL mode; 0 once truncated)
-    checkpointed: int
+    async def compact(self, step_pages: int) -> Compacted:
+        """Give free pages back to the file system a few thousand at a time (incremental
+        vacuum: writers only wait for one step). A database made before
+        auto_vacuum=INCREMENTAL needs one full VACUUM first (writers wait for it)."""
+        converted = await self.on_writer(_pragma_value("auto_vacuum")) != 2
+        if converted:
+
+            def convert(raw: sqlite3.Connection) -> None:
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+
+            await self.on_writer(convert)
+        freed = 0
+        while True:
+
+            def step(raw: sqlite3.Connection) -> int:
+                before = raw.execute("PRAGMA freelist_count").fetchone()[0]
+                if before:
+                    raw.execute(f"PRAGMA incremental_vacuum({step_pages})").fetchall()
+                return int(before - raw.execute("PRAGMA freelist_count").fetchone()[0])
+
+            pages = await self.on_writer(step)
+            freed += pages
+            if pages == 0:
+                break
+        page_size = await self.on_writer(_pragma_value("page_size"))
+        return Compacted(converted, freed * page_size)
+
+
+def _pragma_value(name: str) -> Callable[[sqlite3.Connection], int]:
+    return lambda raw: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 def _settle(pending: _Pending, result: Any, error: BaseException | None) -> None:
@@ -370,56 +424,3 @@ def _settle(pending: _Pending, result: Any, error: BaseException | None) -> None
         pending.future.set_exception(error)
     else:
         pending.future.set_result(result)
-
-
-async def migrate(conn: aiosqlite.Connection) -> int:
-    """Apply the migrations not yet applied; returns the schema version."""
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    version = int(row[0]) if row else 0
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated while we waited for the lock.
-            async with conn.execute("PRAGMA user_version") as cursor:
-                current = (await cursor.fetchone())[0]
-            if current >= number:
-                await conn.execute("COMMIT")
-                continue
-            for statement in split_statements(script):
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version={number}")
-            await conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
-        version = number
-    return max(version, len(MIGRATIONS))
-
-
-async def apply_migrations(conn: Any, table: str, migrations: list[str]) -> None:
-    """Apply the migrations of a part of the application (its own numbered list, tracked
-    in `table`) inside the caller's write transaction; the ledger's own use user_version."""
-    await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
-    rows = await conn.execute_fetchall(f"SELECT MAX(version) FROM {table}")
-    version = rows[0][0] or 0
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        for statement in split_statements(script):
-            await conn.execute(statement)
-        await conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (number,))
-
-
-def split_statements(script: str) -> list[str]:
-    """Split a migration into statements (sqlite3.complete_statement knows triggers)."""
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements
