@@ -13,7 +13,6 @@ import getpass
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from bot.config import Config, ConfigError, load
 from bot.logs import setup_logging
 from bot.runtime import StartupError, database_fault, open_ledger
 from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
+from ledger.storage.faults import DatabaseFault
 
 EXIT_USAGE = 2
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, StartupError) as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    except sqlite3.DatabaseError as error:
+    except DatabaseFault as error:
         assert config is not None  # loading the configuration opens no database
         print(database_fault(config, error), file=sys.stderr)
         return EXIT_USAGE
@@ -285,7 +285,7 @@ def _ledger(config: Config, args: argparse.Namespace) -> int:
 
 
 def _backup(config: Config, target: str) -> int:
-    from ledger.backup import BackupError, backup
+    from ledger.storage.backup import BackupError, backup
 
     try:
         report = backup(config.storage.database, target)

@@ -8,11 +8,11 @@ exits 2 on, instead of a traceback or a bot that fails every command later."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 
 from bot.billing import store as billing_store
 from bot.config import Config
 from ledger import Clock, Ledger
+from ledger.storage.faults import DatabaseFault
 
 
 class StartupError(Exception):
@@ -72,7 +72,7 @@ async def open_ledger(
         )
         # The billing tables too: the sidecar, the bot and the CLI all apply events.
         await _migrate_billing(ledger)
-    except sqlite3.DatabaseError as error:
+    except DatabaseFault as error:
         raise database_fault(config, error) from None
     except OSError as error:  # the folder could not be created
         raise StartupError(f"database error: {config.storage.database}: {error}") from None
@@ -83,7 +83,7 @@ async def open_ledger(
         except BaseException as error:
             with contextlib.suppress(Exception):  # closing a damaged file may fail too
                 await ledger.close()
-            if isinstance(error, sqlite3.DatabaseError):
+            if isinstance(error, DatabaseFault):
                 raise database_fault(config, error) from None
             raise
     return ledger
