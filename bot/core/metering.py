@@ -249,8 +249,12 @@ class Meter:
                 error.needed,
                 error.available,
             )
-            self._keep(asyncio.ensure_future(self._note_refusal(actor.account_id)))
+            self.refused(actor.account_id)
             raise
+
+    def refused(self, account_id: str) -> None:
+        """The pool could not pay for a call: the 0% alert may be due (in the background)."""
+        self._keep(asyncio.ensure_future(self._note_refusal(account_id)))
 
     async def _note_refusal(self, account_id: str) -> None:
         if self.on_alert is not None:

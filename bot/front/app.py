@@ -27,6 +27,7 @@ from discord.ext import commands
 from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
 from bot.core.repository import Agent
+from bot.front.alerts import deliver_alert
 from bot.front.replies import report_error
 from bot.http.avatars import avatar_url
 from bot.http.sidecar import listening_on, start_sidecar
@@ -114,6 +115,8 @@ class AgentBot(commands.Bot):
         self._closing = False
 
     async def load_cogs(self) -> None:
+        # Low-balance alerts this process raises are delivered from here.
+        self.services.meter.on_alert = lambda alert: deliver_alert(self, alert)
         # By name, as extensions: the client sits below the cogs and imports none of them.
         package = importlib.import_module(COGS_PACKAGE)
         for module in pkgutil.iter_modules(package.__path__):

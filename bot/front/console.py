@@ -16,10 +16,12 @@ from typing import IO
 import discord
 
 from bot.config import Config
+from bot.front.alerts import links
 from bot.front.app import AgentBot
 from bot.front.markup import plain
 from bot.front.standin import CommandRunner, Sent, UsageError
 from bot.services import Services
+from ledger import BalanceAlert
 
 
 def render(sent: Sent, out_dir: Path) -> str:
@@ -133,6 +135,16 @@ async def run_console(
         runner = CommandRunner(bot, user_id=user_id, guild_id=guild_id, owner_id=owner)
         if lines.isatty():
             print(banner(user_id, guild_id, member), file=output, flush=True)
+
+        async def print_alert(alert: BalanceAlert) -> None:
+            notice = await services.limits.notice(alert)
+            if notice is not None:
+                where = f"<#{notice.channel_id}>" if notice.channel_id else "a DM to the owner"
+                found = await links(services, notice, user_id)
+                shown = "".join(f"\n[{label}]({url})" for label, url in found)
+                print(f"(low-balance alert, to {where}) {notice.text}{shown}", file=output)
+
+        services.meter.on_alert = print_alert
         printer = StreamPrinter(output, out_dir)
         runner.listener = printer
         for line in lines:
@@ -150,6 +162,7 @@ async def run_console(
                 continue
             finally:
                 printer.end()
+            await services.meter.drain()  # an alert the command raised prints after it
             output.flush()
     finally:
         if own_services:

@@ -152,6 +152,7 @@ class AvatarService:
         cost = self.config.costs.avatar_generation
         balance = await self.ledger.balance(actor.account_id)
         if balance.available < cost:
+            self.meter.refused(actor.account_id)
             raise InsufficientTokens(cost, balance.available, balance.plan_type)
 
     def _delete_files(self, *paths: str | None) -> None:
