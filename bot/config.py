@@ -225,6 +225,9 @@ class LimitsSettings(_Section):
     max_chunks_per_account: int = Field(default=20_000, ge=1)
     pdf_processes: int = Field(default=2, ge=0)
     max_grant: int = Field(default=100_000_000, ge=1)
+    extraction_per_account: int = Field(default=1, ge=1)
+    extraction_seconds: float = Field(default=120.0, gt=0, le=3600)
+    extraction_memory_mb: int = Field(default=1024, ge=64)
 
 
 class ChatSettings(_Section):

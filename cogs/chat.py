@@ -55,8 +55,8 @@ class Undelivered(BotError):
 def sources_line(answer: ChatAnswer) -> str:
     if not answer.sources:
         return ""
-    cited = dict.fromkeys(f"{h.document} p.{h.page}" for h in answer.sources)
-    return "\n\n-# Sources: " + ", ".join(cited)
+    cited = dict.fromkeys(h.source for h in answer.sources)
+    return "\n\n-# Sources: " + "; ".join(cited)
 
 
 class ChatCog(FeatureCog):

@@ -33,8 +33,13 @@ class DocumentsCog(FeatureCog):
             if typed in d.name.casefold()
         ][:25]
 
-    @docs.command(name="upload", description="Teach an agent from a PDF, text or Markdown file")
-    @app_commands.describe(agent="The agent", file="PDF, .txt or .md, up to 10 MB")
+    @docs.command(
+        name="upload",
+        description="Teach an agent from a PDF, Word, EPUB, HTML, Markdown or text file",
+    )
+    @app_commands.describe(
+        agent="The agent", file=".pdf, .docx, .epub, .html, .md or .txt, up to 10 MB"
+    )
     @app_commands.autocomplete(agent=agent_names)
     async def upload(
         self, interaction: discord.Interaction, agent: str, file: discord.Attachment

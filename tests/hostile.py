@@ -84,16 +84,24 @@ def _text_ops(text: bytes) -> bytes:
     return b"BT /F1 11 Tf 50 800 Td (" + text + b") Tj ET"
 
 
-def _pages_sharing(stream: bytes, pages: int, page_resources: bytes = _RESOURCES) -> bytes:
-    """`pages` pages that all show the same content stream (object 5)."""
+def _pages_sharing(
+    stream: bytes,
+    pages: int,
+    page_resources: bytes = _RESOURCES,
+    font: bytes = _FONT,
+    more: dict[int, bytes] | None = None,
+) -> bytes:
+    """`pages` pages that all show the same content stream (object 5) in one font
+    (object 3); `more` objects are numbered 6 to 9."""
     kids = [10 + i for i in range(pages)]
     objects = {
         1: b"<< /Type /Catalog /Pages 2 0 R >>",
         2: b"<< /Type /Pages /Kids ["
         + b" ".join(b"%d 0 R" % k for k in kids)
         + b"] /Count %d >>" % pages,
-        3: _FONT,
+        3: font,
         5: stream,
+        **(more or {}),
     }
     for kid in kids:
         objects[kid] = _page(2, 5, page_resources)
@@ -371,6 +379,24 @@ def pdf_content_bomb(pages: int = 300, content_bytes: int = 40 * MB) -> bytes:
     return _pages_sharing(_flate_repeated(b"0 0 m 9 9 l S\n", content_bytes, b"", b""), pages)
 
 
+def pdf_cmap_bomb(pages: int = 300, cmap_bytes: int = 60 * MB) -> bytes:
+    """300 pages sharing one font whose ToUnicode CMap inflates to 60 MB: a small file
+    that costs a reader seconds and gigabytes per page if it parses the CMap each time.
+    Its entries are few (60,000) but long, under readers' limits on the entry count."""
+    entry = b"<0041> <" + b"0042" * 250 + b">\n"
+    count = cmap_bytes // len(entry)
+    cmap = _flate_repeated(
+        entry,
+        cmap_bytes,
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
+        b"1 begincodespacerange <00> <FF> endcodespacerange\n"
+        b"%d beginbfchar\n" % count,
+        b"endbfchar\nendcmap CMapName currentdict /CMap defineresource pop end end\n",
+    )
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>"
+    return _pages_sharing(_stream(_text_ops(b"AAAA comet")), pages, font=font, more={6: cmap})
+
+
 def png_pixel_bomb(side: int = 20_000) -> bytes:
     """A real 1-bit PNG of side x side pixels, all black: ~50 KB, 400 megapixels."""
     row = b"\x00" + bytes((side + 7) // 8)
@@ -414,6 +440,7 @@ LARGE: dict[str, Builder] = {
     "shared_text_bomb.pdf": pdf_shared_text_bomb,
     "form_bomb.pdf": pdf_form_bomb,
     "content_bomb.pdf": pdf_content_bomb,
+    "cmap_bomb.pdf": pdf_cmap_bomb,
     "pixel_bomb_20000x20000.png": png_pixel_bomb,
     "ztxt_bomb.png": png_text_chunk_bomb,
     "large_allowed_6000x6000.png": png_large_allowed,

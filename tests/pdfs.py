@@ -12,7 +12,7 @@ import zlib
 
 from pypdf import PdfReader, PdfWriter
 
-__all__ = ["encrypt_pdf", "make_pdf", "make_scanned_pdf", "pdf_from_objects"]
+__all__ = ["encrypt_pdf", "make_labelled_pdf", "make_pdf", "make_scanned_pdf", "pdf_from_objects"]
 
 
 def _escape(line: str) -> bytes:
@@ -35,12 +35,12 @@ def _image_stream() -> bytes:
     return b"q 595 0 0 842 0 0 cm /Im1 Do Q"
 
 
-def _build(streams: list[bytes], *, with_image: bool) -> bytes:
+def _build(streams: list[bytes], *, with_image: bool, catalog_extra: bytes = b"") -> bytes:
     """Objects: 1 catalog, 2 pages, 3 font, 4 image, then (page, content) pairs."""
     objects: dict[int, bytes] = {}
     first_page = 5
     kids = [first_page + 2 * i for i in range(len(streams))]
-    objects[1] = b"<< /Type /Catalog /Pages 2 0 R >>"
+    objects[1] = b"<< /Type /Catalog /Pages 2 0 R " + catalog_extra + b">>"
     objects[2] = (
         b"<< /Type /Pages /Kids ["
         + b" ".join(b"%d 0 R" % k for k in kids)
@@ -98,6 +98,16 @@ def pdf_from_objects(objects: dict[int, bytes], root: int = 1) -> bytes:
 def make_pdf(pages: list[str]) -> bytes:
     """A PDF with one page per string (lines split on "\\n"); "" is a blank page."""
     return _build([_text_stream(text) for text in pages], with_image=False)
+
+
+def make_labelled_pdf(pages: list[str], labels: bytes) -> bytes:
+    """A PDF whose catalog defines page labels, e.g. b"0 << /S /r >> 2 << /S /D >>"
+    (i, ii, then 1, 2...)."""
+    return _build(
+        [_text_stream(text) for text in pages],
+        with_image=False,
+        catalog_extra=b"/PageLabels << /Nums [" + labels + b"] >> ",
+    )
 
 
 def make_scanned_pdf(page_count: int) -> bytes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,10 +116,12 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     system = agent.prompt
     if hits:
-        excerpts = "\n\n".join(f"[{h.document}, page {h.page}]\n{h.text}" for h in hits)
+        excerpts = "\n\n".join(
+            f"[{number}] {h.source}\n{h.text}" for number, h in enumerate(hits, 1)
+        )
         system += (
-            "\n\nUse these excerpts from your documents when they help, and cite them as "
-            f"(document, page):\n\n{excerpts}"
+            "\n\nUse these numbered excerpts from your documents when they help, and cite "
+            f"each one you use by its number in brackets, like [1]:\n\n{excerpts}"
         )
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages += [{"role": t.role, "content": t.content} for t in history]
@@ -131,6 +134,20 @@ def build_messages(
         ]
         messages.append({"role": "user", "content": parts})
     return messages
+
+
+_CITATION = re.compile(r"\[(\d{1,2}(?:\s*[,;]\s*\d{1,2})*)\]")
+RELEVANCE_FLOOR = 0.2  # cosine similarity below which an uncited excerpt is not listed
+
+
+def cited(answer: str, hits: list[Hit]) -> list[Hit]:
+    """The excerpts the answer cites by number ([2], [1, 3]), in the prompt's order;
+    with no citation at all, those above the relevance floor."""
+    numbers = {
+        int(n) for group in _CITATION.findall(answer) for n in re.split(r"\s*[,;]\s*", group)
+    }
+    chosen = [h for number, h in enumerate(hits, 1) if number in numbers]
+    return chosen or [h for h in hits if h.score >= RELEVANCE_FLOOR]
 
 
 def _text_of(content: Any) -> str:
@@ -271,7 +288,9 @@ class ChatService:
                 embed_tokens = query.total_tokens
                 embedded.append(embed_tokens)
                 sources.extend(
-                    await self.retriever.top_k(agent.account_id, agent.id, query.vectors[0], depth)
+                    await self.retriever.top_k(
+                        agent.account_id, agent.id, query.vectors[0], depth, message
+                    )
                 )
             messages = build_messages(agent, sources, history, message, image)
             sent.append(messages)
@@ -331,5 +350,10 @@ class ChatService:
                 cut.metered.result.text, cut.metered.charged, cut.metered.available
             ) from cut
         return ChatAnswer(
-            agent, metered.result.text, sources, metered.charged, metered.available, len(history)
+            agent,
+            metered.result.text,
+            cited(metered.result.text, sources),
+            metered.charged,
+            metered.available,
+            len(history),
         )

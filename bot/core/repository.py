@@ -8,6 +8,7 @@ runs them on either engine). All the SQL of these tables lives in this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -183,9 +184,31 @@ APP_MIGRATIONS: list[str] = [
         updated_at    TEXT NOT NULL
     );
     """,
+    # 6: each chunk's citation label (a PDF's page label, or the nearest heading), and a
+    # full-text index of the chunks for BM25 retrieval beside the dense one. The index is
+    # an external-content FTS5 table kept by triggers, so it changes in the transaction
+    # that changes the chunks: an upload that fails, or a removed document or agent (its
+    # chunks deleted in batches, each row firing the trigger), leaves it consistent.
+    """
+    ALTER TABLE chunks ADD COLUMN label TEXT NOT NULL DEFAULT '';
+    ALTER TABLE chunks ADD COLUMN boilerplate INTEGER NOT NULL DEFAULT 0;
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+    );
+    UPDATE chunks SET label = 'page ' || page
+        WHERE document_id IN (SELECT id FROM documents WHERE kind = 'pdf');
+    INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    """,
 ]
 
 
+_FTS_WORD = re.compile(r"\w+")
 CHUNK_DELETE_BATCH = 500  # chunks per transaction when a document or an agent goes
 
 
@@ -350,7 +373,8 @@ class Repository:
         pages: int,
         tokens: int,
         uploader_id: str,
-        chunks: list[tuple[int, int, str, bytes]],  # (index, page, text, float32 embedding)
+        chunks: list[tuple[int, int, str, bool, str, bytes]],  # index, page, label,
+        # boilerplate (a table of contents, index or licence), text, float32 embedding
     ) -> int:
         rows = await conn.execute_fetchall(
             "INSERT INTO documents (agent_id, name, kind, pages, chunks, tokens, uploader_id,"
@@ -359,9 +383,9 @@ class Repository:
         )
         document_id = int(rows[0][0])
         await conn.executemany(
-            "INSERT INTO chunks (document_id, agent_id, idx, page, text, embedding)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(document_id, agent_id, i, page, text, vector) for i, page, text, vector in chunks],
+            "INSERT INTO chunks (document_id, agent_id, idx, page, label, boilerplate, text,"
+            " embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(document_id, agent_id, *row) for row in chunks],
         )
         await _bump_documents_version(conn, agent_id)
         return document_id
@@ -428,28 +452,48 @@ class Repository:
         )
         return DocumentsVersion(int(rows[0][0]), bool(rows[0][1])) if rows else None
 
-    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes]]:
+    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes, bool]]:
+        """(id, float32 embedding, boilerplate) of this agent's chunks."""
         rows = await self.store.reader.execute_fetchall(
-            "SELECT c.id, c.embedding FROM chunks c JOIN agents a ON a.id = c.agent_id"
+            "SELECT c.id, c.embedding, c.boilerplate FROM chunks c"
+            " JOIN agents a ON a.id = c.agent_id"
             " WHERE c.agent_id = ? AND a.account_id = ? ORDER BY c.id",
             (agent_id, account_id),
         )
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+        return [(int(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
 
     async def chunk_texts(
         self, account_id: str, agent_id: int, chunk_ids: list[int]
-    ) -> dict[int, tuple[str, int, str]]:
-        """id -> (text, page, document name), of this agent's chunks only."""
+    ) -> dict[int, tuple[str, int, str, str]]:
+        """id -> (text, page, document name, label), of this agent's chunks only."""
         if not chunk_ids:
             return {}
         marks = ", ".join("?" * len(chunk_ids))
         rows = await self.store.reader.execute_fetchall(
-            "SELECT c.id, c.text, c.page, d.name FROM chunks c"
+            "SELECT c.id, c.text, c.page, d.name, c.label FROM chunks c"
             " JOIN documents d ON d.id = c.document_id JOIN agents a ON a.id = d.agent_id"
             f" WHERE c.agent_id = ? AND a.account_id = ? AND c.id IN ({marks})",
             (agent_id, account_id, *chunk_ids),
         )
-        return {int(r[0]): (r[1], int(r[2]), r[3]) for r in rows}
+        return {int(r[0]): (r[1], int(r[2]), r[3], r[4]) for r in rows}
+
+    async def chunk_matches(
+        self, account_id: str, agent_id: int, query: str, limit: int
+    ) -> list[tuple[int, float]]:
+        """(chunk id, BM25 rank: lower is better) of this agent's chunks matching any
+        word of `query`, best first."""
+        words = [w for w in _FTS_WORD.findall(query.lower()) if len(w) > 1][:64]
+        if not words:
+            return []
+        expression = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT f.rowid, bm25(chunks_fts) AS rank FROM chunks_fts f"
+            " JOIN chunks c ON c.id = f.rowid JOIN agents a ON a.id = c.agent_id"
+            " WHERE chunks_fts MATCH ? AND c.agent_id = ? AND a.account_id = ?"
+            " ORDER BY rank LIMIT ?",
+            (expression, agent_id, account_id, limit),
+        )
+        return [(int(r[0]), float(r[1])) for r in rows]
 
     # ---- conversations --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
 from tests.bot.conftest import GUILD
 from tests.bot.helpers import text
-from tests.pdfs import encrypt_pdf, make_pdf, make_scanned_pdf
+from tests.pdfs import encrypt_pdf, make_labelled_pdf, make_pdf, make_scanned_pdf
 
 ACCOUNT = f"guild:{GUILD}"
 
@@ -70,7 +70,10 @@ async def test_text_and_markdown_upload(
     assert "Learned notes.md" in text(
         await _upload(owner, "notes.md", b"# Notes\n\nPulsars spin fast.")
     )
-    latin = "Café au lait, crème brûlée.".encode("latin-1")
+    latin = (
+        "Café au lait, crème brûlée et tarte à la rhubarbe: le menu du déjeuner change chaque "
+        "été, après la récolte des pêches."
+    ).encode("latin-1")
     assert "Learned menu.txt" in text(await _upload(owner, "menu.txt", latin))
     listing = text(await owner.run("/docs list agent:Nova"))
     assert "notes.md" in listing and "menu.txt" in listing
@@ -145,6 +148,137 @@ async def test_remove_frees_storage_without_refund(
     assert "Removed **notes.md**" in text(sent) and "not refunded" in text(sent)
     assert await _stored(services) == (0, 0)
     assert (await services.ledger.balance(ACCOUNT)).tokens_used == used
+
+
+async def _fts_consistent(services: Services) -> tuple[int, int]:
+    """(chunks, index rows); FTS5's own integrity check raises if the index and the
+    chunks it indexes disagree."""
+    reader = services.ledger.store.reader
+    await services.ledger.store.write(
+        lambda conn: conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
+    )
+    rows = await reader.execute_fetchall(
+        "SELECT (SELECT COUNT(*) FROM chunks), (SELECT COUNT(*) FROM chunks_fts)"
+    )
+    return rows[0][0], rows[0][1]
+
+
+async def _matching(services: Services, word: str) -> int:
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)
+    )
+    return rows[0][0]
+
+
+async def test_the_full_text_index_follows_uploads_removals_and_failures(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None, monkeypatch: Any
+) -> None:
+    import bot.core.documents.service
+
+    await _upload(owner, "pulsars.md", b"Pulsars spin fast and beam radio waves.")
+    await _upload(owner, "comets.md", b"Comets grow tails near the Sun.")
+    chunks, indexed = await _fts_consistent(services)
+    assert chunks == indexed == 2 and await _matching(services, "pulsars") == 1
+    await owner.run("/docs remove agent:Nova document:pulsars.md")
+    assert await _fts_consistent(services) == (1, 1)
+    assert await _matching(services, "pulsars") == 0 and await _matching(services, "comets") == 1
+    # A failed upload (the second embedding batch fails) leaves the index as it was.
+    monkeypatch.setattr(bot.core.documents.service, "BATCH_CHUNKS", 4)
+    fake_openai.fail_request("embeddings", 2, "500")
+    sent = await _upload(owner, "notes.txt", "\n\n".join(_pages(3)).encode())
+    assert "nothing was charged" in text(sent).lower()
+    assert await _fts_consistent(services) == (1, 1)
+    assert await _matching(services, "orbit") == 0
+
+
+def _docx() -> bytes:
+    from tests.test_readers import docx_bytes
+
+    return docx_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "question", "cites"),
+    [
+        (
+            "manual.html",
+            lambda: (
+                b"<html><head><script>var secret = 1;</script></head><body>"
+                b"<h1>Setup</h1><p>Install the tripod first.</p>"
+                b"<h2>Mirror care</h2><p>Clean the mirror with a soft bulb of air.</p>"
+                b"</body></html>"
+            ),
+            "How do I clean the mirror?",
+            "manual.html, “Mirror care”",
+        ),
+        (
+            "guide.docx",
+            _docx,
+            "What magnification does the 25 mm eyepiece give?",
+            "guide.docx, “Caring for the mirror”",
+        ),
+        (
+            "notes.md",
+            lambda: (
+                b"# Setup\n\nInstall the tripod first.\n\n## Mirror care\n\nClean the mirror with air."
+            ),
+            "How do I clean the mirror?",
+            "notes.md, “Mirror care”",
+        ),
+        (
+            "book.pdf",
+            lambda: make_labelled_pdf(
+                [
+                    "\n".join(["A preface about the history of telescopes and lenses."] * 40),
+                    "\n".join(["Contents: chapters on optics, mounts and eyepieces."] * 40),
+                    "\n".join(["Chapter one is about mounts and tripods."] * 60)
+                    + "\nThe mirror is cleaned with a soft bulb of air.",
+                ],
+                b"0 << /S /r >> 2 << /S /D >>",
+            ),
+            "How is the mirror cleaned?",
+            "book.pdf, page 1",
+        ),
+    ],
+)
+async def test_each_format_is_learned_and_cited_where_the_answer_is(
+    owner: CommandRunner,
+    services: Services,
+    fake_openai: Any,
+    nova: None,
+    name: str,
+    make: Any,
+    question: str,
+    cites: str,
+) -> None:
+    assert "✅ Learned" in text(await _upload(owner, name, make()))
+
+    def answer(messages: list[dict[str, Any]]) -> str:
+        # Cite the excerpt that holds the answer, by its number, as the prompt asks.
+        system = messages[0]["content"]
+        for number in range(1, 6):
+            start = system.find(f"[{number}] ")
+            if start >= 0 and cites in system[start : system.find("\n", start)]:
+                return f"Here is how [{number}]."
+        return "I do not know."
+
+    fake_openai.chat_answer = answer
+    sent = await owner.run(f'/chat agent:Nova message:"{question}"')
+    body = text(sent)
+    assert "Here is how" in body, body
+    assert f"Sources: {cites}\n" in body  # the cited excerpt only
+    system = fake_openai.completed("chat")[-1].body["messages"][0]["content"]
+    assert "secret" not in system and "<" not in system.split("[1]", 1)[1]
+
+
+async def test_a_mislabelled_file_is_refused_and_nothing_is_charged(
+    owner: CommandRunner, services: Services, fake_openai: Any, nova: None
+) -> None:
+    page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
+    body = text(await _upload(owner, "report.pdf", page))
+    assert "named like a PDF but it is an HTML page" in body and "Nothing was charged" in body
+    assert fake_openai.count("embeddings") == 0 and await _stored(services) == (0, 0)
+    assert (await services.ledger.balance(ACCOUNT)).tokens_used == 0
 
 
 async def test_concurrent_uploads_never_pass_the_chunk_cap(

@@ -34,17 +34,17 @@ class StubRepo:
             return None
         return DocumentsVersion(self.versions[agent_id], bool(self.vectors[agent_id]))
 
-    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes]]:
+    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes, bool]]:
         self.loads.append(agent_id)
         return [
-            (agent_id * 1000 + i, v.astype("<f4").tobytes())
+            (agent_id * 1000 + i, v.astype("<f4").tobytes(), False)
             for i, v in enumerate(self.vectors.get(agent_id, []))
         ]
 
     async def chunk_texts(
         self, account_id: str, agent_id: int, ids: list[int]
-    ) -> dict[int, tuple[str, int, str]]:
-        return {i: (f"chunk {i}", 1, "doc.txt") for i in ids}
+    ) -> dict[int, tuple[str, int, str, str]]:
+        return {i: (f"chunk {i}", 1, "doc.txt", "") for i in ids}
 
 
 async def test_rows_are_unit_length_and_the_closest_chunk_comes_first() -> None:

@@ -60,10 +60,20 @@ def chunk(
     target_tokens: int = DEFAULT_TARGET_TOKENS,
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
     model: str = EMBEDDING_MODEL,
+    separate_pages: bool = False,
 ) -> list[Chunk]:
     """Split `pages` (one string per page, page 1 first) into chunks of at most
     `target_tokens` tokens of `model`, each starting with up to `overlap_tokens` of the
-    previous chunk's end."""
+    previous chunk's end. With `separate_pages` no chunk spans two pages: sections under
+    different headings are cited apart."""
+    if separate_pages:
+        out: list[Chunk] = []
+        for number, page in enumerate(pages, start=1):
+            for piece in chunk(
+                [page], target_tokens=target_tokens, overlap_tokens=overlap_tokens, model=model
+            ):
+                out.append(Chunk(len(out), number, piece.text, piece.tokens))
+        return out
     if target_tokens < 16:
         raise ValueError("target_tokens must be at least 16")
     if not 0 <= overlap_tokens <= target_tokens // 2:

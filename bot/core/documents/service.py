@@ -4,7 +4,8 @@ Promises: the type is decided by the content; every refusal happens before any A
 and charges nothing; the estimate is held before the first embedding request; the charge
 is the embedding API's own reported tokens; the document and its chunks are stored in
 the same transaction as the charge, so a failure at any step leaves no document, no
-chunk and no charge. Extraction runs in a thread: a large PDF never blocks the loop.
+chunk and no charge. Extraction runs in a worker process of a bounded pool, with a
+deadline and a memory limit, at most `extraction_per_account` at once for one account.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 import numpy as np
 
 from bot.config import Config, LimitsSettings
 from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
+from bot.core.documents import extract
+from bot.core.documents.boilerplate import is_boilerplate
 from bot.core.documents.chunking import Chunk, chunk
-from bot.core.documents.extract import Extracted, extract
+from bot.core.documents.readers import Extracted
 from bot.core.documents.retrieval import Retriever, to_blob
+from bot.core.documents.workers import ExtractionPool, WorkerLimits
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Document, Repository
 from bot.errors import InvalidInput, NotFound
@@ -91,22 +92,18 @@ class DocumentService:
         self.ai = ai
         self.meter = meter
         self.retriever = retriever
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _pdf_pool(self) -> ProcessPoolExecutor | None:
-        """Processes for long PDFs, started on first use (most uploads never need them).
-        Spawned, not forked: this process runs threads (SQLite's, the event loop's)."""
-        workers = min(self.config.limits.pdf_processes, os.cpu_count() or 1)
-        if workers < 2:
-            return None  # one process reading is what the thread already does
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-        return self._pool
+        limits = config.limits
+        self.extraction = ExtractionPool(
+            WorkerLimits(
+                processes=max(1, limits.pdf_processes),
+                per_account=limits.extraction_per_account,
+                deadline_seconds=limits.extraction_seconds,
+                memory_bytes=limits.extraction_memory_mb * 1024 * 1024,
+            )
+        )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await self.extraction.close()
 
     def estimate(self, chunks: list[Chunk]) -> int:
         """The hold: the chunks' real tokens plus the margin, weighted like the charge."""
@@ -130,25 +127,24 @@ class DocumentService:
         last_page = [-1.0]
 
         def page_done(index: int, count: int) -> None:
-            # Called from the extraction thread; at most a few updates a second.
+            # Called on the loop as the worker reports pages; at most one update a second.
             now = loop.time()
             if now - last_page[0] >= 1.0 or index + 1 == count:
                 last_page[0] = now
-                loop.call_soon_threadsafe(
-                    _fire, loop, report(f"Extracting text: page {index + 1} of {count}…")
-                )
+                _fire(loop, report(f"Extracting text: page {index + 1} of {count}…"))
 
-        extracted: Extracted = await asyncio.to_thread(
-            extract,
+        extract.check_size(data, limits.max_document_bytes)
+        extracted: Extracted = await self.extraction.extract(
+            actor.account_id,
             data,
-            filename=filename,
-            max_bytes=limits.max_document_bytes,
-            max_pages=limits.max_document_pages,
-            progress=page_done,
-            pool=self._pdf_pool(),
+            filename,
+            extract.limits(limits.max_document_bytes, limits.max_document_pages),
+            page_done,
         )
         model = self.config.openai.embedding_model
-        chunks = await asyncio.to_thread(chunk, extracted.pages, model=model)
+        chunks = await asyncio.to_thread(
+            chunk, extracted.pages, model=model, separate_pages=extracted.kind != "pdf"
+        )
         if not chunks:
             raise InvalidInput("That file has no text to learn from.")
         # Refused early, before any call; checked again in the commit, which decides:
@@ -174,7 +170,15 @@ class DocumentService:
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)
             rows = [
-                (c.index, c.page, c.text, to_blob(v)) for c, v in zip(chunks, vectors, strict=True)
+                (
+                    c.index,
+                    c.page,
+                    extracted.label(c.page),
+                    is_boilerplate(c.text),
+                    c.text,
+                    to_blob(v),
+                )
+                for c, v in zip(chunks, vectors, strict=True)
             ]
             document_ids.append(
                 await self.repo.insert_document_in(
