@@ -54,7 +54,7 @@ CORPUS = [
     ("docbook-xsl reference", "/usr/share/doc/docbook-xsl-doc-pdf/doc/reference.pdf.gz"),
     ("camlidl", "/usr/share/doc/camlidl/camlidl-1.04.doc.pdf"),
     ("freefem", "/usr/share/doc/freefem-doc/freefem.pdf"),
-    ("gri", "/usr/share/doc/gri-pdf-doc/gri.pdf"),
+    ("gri", "/usr/share/doc/gri/gri.pdf.gz"),
     ("ReportLab guide", "/usr/share/doc/python-reportlab-doc/reportlab-userguide.pdf"),
     ("libtasn1", "/usr/share/doc/libtasn1-doc/libtasn1.pdf"),
 ]
@@ -71,8 +71,9 @@ class Row:
     time_ratio: float  # engine's seconds / pdftotext's seconds
 
 
-def install() -> None:
-    missing = [p for p in PACKAGES if not _installed(p)]
+def install(packages: list[str] = PACKAGES) -> None:
+    """Install the Debian packages that are missing (as root), or say which to install."""
+    missing = [p for p in packages if not _installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:

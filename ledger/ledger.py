@@ -91,6 +91,9 @@ class Ledger:
         self.instance_id = instance_id
         self._maintenance: asyncio.Task[None] | None = None
         self._checkpointed_at = 0.0
+        # A stall of half a renewal interval is one a live process may not have renewed
+        # through: leases are not judged until a whole lease has passed since.
+        store.stall_seconds = lease_seconds / 6
 
     @classmethod
     async def open(
@@ -365,6 +368,20 @@ class Ledger:
         check_amount(actual, allow_zero=True)
         return await self._resolve(conn, _hold_id(hold), "committed", actual, details)
 
+    async def extend(self, hold: Hold | str) -> bool:
+        """Push a pending hold's expiry to a time to live from now, because its call is
+        making progress (a long upload between two batches). False if no longer pending."""
+
+        async def op(conn: Connection) -> bool:
+            rows = await conn.execute_fetchall(
+                "UPDATE holds SET expires_at = ? WHERE hold_id = ? AND status = 'pending'"
+                " RETURNING 1",
+                (to_text(self.clock.now() + self.hold_ttl), _hold_id(hold)),
+            )
+            return bool(rows)
+
+        return await self.store.write(op)
+
     async def release(self, hold: Hold | str, reason: str | None = None) -> Resolution:
         """Free a pending hold and charge nothing."""
         return await self.store.write(
@@ -387,26 +404,105 @@ class Ledger:
             (status, actual, to_text(now), details, hold_id),
         )
         if not claimed:
+            if status == "committed":
+                late = await self._charge_late(conn, hold_id, actual, details, now)
+                if late is not None:
+                    return late
             return await self._earlier_resolution(conn, hold_id, now)
         hold = claimed[0]
+        charged = actual if status == "committed" else 0
+        excess = max(0, actual - hold["amount"])
+        return await self._charge_in(
+            conn,
+            hold,
+            hold_id,
+            status,
+            charged,
+            hold["amount"],
+            "charged" if status == "committed" else status,
+            _excess_note(details, excess),
+            excess,
+            now,
+        )
+
+    async def _charge_late(
+        self,
+        conn: Connection,
+        hold_id: str,
+        actual: int,
+        details: str | None,
+        now: datetime,
+    ) -> Resolution | None:
+        """A commit on a hold the sweeper expired while its call still ran (a process
+        paused, a database busy past the lease, a call past the hold's time to live). The
+        work was done and is delivered, so it is charged in full, once: a charge row of
+        its own (the hold keeps its one 'expired' row) naming the hold in late_hold_id."""
+        rows = await conn.execute_fetchall(
+            "SELECT account_id, user_id, guild_id, operation_type, model_used, agent, reason"
+            " FROM holds h WHERE hold_id = ? AND status = 'expired' AND NOT EXISTS"
+            " (SELECT 1 FROM token_usage t WHERE t.late_hold_id = h.hold_id)" + lock_rows(conn),
+            (hold_id,),
+        )
+        if not rows:
+            return None
+        hold = rows[0]
+        log.warning(
+            "hold %s on %s had expired (%s) before its commit; charging %d late",
+            hold_id,
+            hold["account_id"],
+            hold["reason"],
+            actual,
+        )
+        note = f"charged after its hold expired ({hold['reason']})"
+        return await self._charge_in(
+            conn,
+            hold,
+            hold_id,
+            "committed",
+            actual,
+            0,  # the expiry already freed what the hold set aside
+            "charged",
+            f"{note}; {details}" if details else note,
+            actual,
+            now,
+            late=True,
+        )
+
+    async def _charge_in(
+        self,
+        conn: Connection,
+        hold: Any,
+        hold_id: str,
+        status: str,
+        actual: int,
+        freed: int,
+        row_status: str,
+        details: str | None,
+        excess: int,
+        now: datetime,
+        *,
+        late: bool = False,
+    ) -> Resolution:
+        """Charge `actual` and free `freed` held tokens on the hold's account, with the
+        audit row (and the member's counters and balance alerts) that go with it."""
         account_id = hold["account_id"]
         row = await self._account(conn, account_id, now)
         from_bonus = split_charge(
             actual, row["tokens_limit"], row["tokens_used"], row["bonus_tokens"]
         )
         used = row["tokens_used"] + actual - from_bonus
-        held = row["tokens_held"] - hold["amount"]
+        held = row["tokens_held"] - freed
         bonus = row["bonus_tokens"] - from_bonus
         await conn.execute(
             "UPDATE usage_limits SET tokens_used = ?, tokens_held = ?, bonus_tokens = ?,"
             " updated_at = ? WHERE account_id = ?",
             (used, held, bonus, to_text(now), account_id),
         )
-        excess = max(0, actual - hold["amount"])
         await conn.execute(
             "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
             " model_used, tokens_used, bonus_delta, status, hold_id, period_seq, details,"
-            " created_at, agent, hold_amount) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, agent, hold_amount, late_hold_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 account_id,
                 hold["user_id"],
@@ -415,30 +511,26 @@ class Ledger:
                 hold["model_used"],
                 actual,
                 -from_bonus,
-                "charged" if status == "committed" else status,
-                hold_id,
+                row_status,
+                None if late else hold_id,
                 row["period_seq"],
-                _excess_note(details, excess),
+                details,
                 to_text(now),
                 hold["agent"],
-                hold["amount"],
+                None if late else freed,
+                hold_id if late else None,
             ),
         )
         if hold["user_id"] is not None:
             await members.settle_in(
-                conn,
-                account_id,
-                hold["user_id"],
-                row["period_seq"],
-                hold["amount"],
-                actual if status == "committed" else 0,
+                conn, account_id, hold["user_id"], row["period_seq"], freed, actual
             )
         alerts: tuple[BalanceAlert, ...] = ()
         if actual:
             alerts = await alerts_in(
                 conn, {**row, "tokens_used": used, "bonus_tokens": bonus}, self.instance_id, now
             )
-        if excess:
+        if excess and not late:
             log.warning("hold %s on %s was exceeded by %d tokens", hold_id, account_id, excess)
         return Resolution(
             hold_id,
@@ -850,6 +942,13 @@ class Ledger:
 
         async def op(conn: Connection) -> SweepReport:
             now = to_text(self.clock.now())
+            # While the database was out of reach (another process holding the write lock,
+            # a long transaction), no process could renew its lease: a lapse then says
+            # nothing about being dead. Definitely dead processes are still swept.
+            stalled = time.monotonic() - self.store.stalled_at < self.lease.total_seconds()
+            if stalled:
+                log.info("the database stalled within a lease; lapsed leases wait")
+            lapsed = "" if stalled else " OR i.lease_until <= ?"
             expired = await conn.execute_fetchall(
                 "SELECT hold_id, amount FROM holds WHERE status = 'pending'"
                 " AND instance_id = ? AND expires_at <= ?",
@@ -860,9 +959,8 @@ class Ledger:
             orphaned = await conn.execute_fetchall(
                 "SELECT h.hold_id, h.amount FROM holds h LEFT JOIN instances i USING (instance_id)"
                 " WHERE h.status = 'pending' AND h.instance_id != ?"
-                " AND (i.instance_id IS NULL OR i.lease_until <= ?"
-                f" OR h.instance_id IN ({dead_marks}))",
-                (self.instance_id, now, *dead),
+                f" AND (i.instance_id IS NULL{lapsed} OR h.instance_id IN ({dead_marks}))",
+                (self.instance_id, *([] if stalled else [now]), *dead),
             )
             for rows, why in ((expired, "time to live passed"), (orphaned, "its process stopped")):
                 for r in rows:
@@ -870,10 +968,10 @@ class Ledger:
             freed = sum(r["amount"] for r in (*expired, *orphaned))
             await conn.execute(
                 "DELETE FROM instances WHERE instance_id != ?"
-                f" AND (lease_until <= ? OR instance_id IN ({dead_marks}))"
+                f" AND (instance_id IN ({dead_marks}){lapsed.replace('i.', '')})"
                 " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id ="
                 " instances.instance_id AND h.status = 'pending')",
-                (self.instance_id, now, *dead),
+                (self.instance_id, *dead, *([] if stalled else [now])),
             )
             return SweepReport(len(expired), len(orphaned), freed)
 

@@ -204,4 +204,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE token_usage ADD COLUMN hold_amount INTEGER;
     """,
+    # 7: a call that outlived its hold (the sweeper expired it) is still charged when it
+    # commits: its charge row names the expired hold here, once (issue 10, finding 1). The
+    # hold keeps its own single 'expired' row in hold_id.
+    """
+    ALTER TABLE token_usage ADD COLUMN late_hold_id TEXT REFERENCES holds(hold_id);
+    CREATE UNIQUE INDEX token_usage_late_hold ON token_usage(late_hold_id)
+        WHERE late_hold_id IS NOT NULL;
+    """,
 ]

@@ -88,7 +88,9 @@ def test_pdf_citations_use_the_pdfs_page_labels() -> None:
 def test_pdf_text_is_composed_and_expanded() -> None:
     assert normalize("haszn´alata k¨onnen Lehet˝os´eg") == "használata können Lehetőség"
     assert normalize("ﬁle ﬂow eﬀort") == "file flow effort"
-    assert normalize("De\x02scription and meg\x02\njelen") == "Description and megjelen"
+    assert normalize("De\x02scription, meg\x02\njelen, compo\ufffenents") == (
+        "Description, megjelen, components"
+    )
     assert normalize("fa¸cade, `code` and ¨ alone") == "façade, `code` and ¨ alone"
 
 

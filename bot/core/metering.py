@@ -18,11 +18,13 @@ charge is `cost` of it, committed once and recorded as partial; then the error g
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from bot.config import CostsSettings
@@ -34,6 +36,18 @@ from ledger.storage import Connection
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+@dataclass
+class _Running:
+    hold: Hold
+    extended: datetime  # when its expiry was last pushed out (the ledger's clock)
+
+
+# The hold of the metered call running in this task, for `Meter.keep_alive`.
+_RUNNING: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
+    "metered_call", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,7 @@ class Meter:
             hold.available_after,
             estimate,
         )
+        running = _RUNNING.set(_Running(hold, self.ledger.clock.now()))
         try:
             log.debug("Calling %s for %s on %s", model, operation, actor.account_id)
             result = await call()
@@ -164,6 +179,8 @@ class Meter:
             await self._settle(self.ledger.release(hold, reason))
             self._paid_line(actor, operation, model, 0, f"failed ({reason})", started)
             raise
+        finally:
+            _RUNNING.reset(running)
         log.debug("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
         async def commit(conn: Connection):
@@ -219,6 +236,20 @@ class Meter:
             return None
         self._raise_alerts(resolution.alerts)
         return Metered(partial, resolution.charged, resolution.available, hold.hold_id)
+
+    async def keep_alive(self) -> None:
+        """Called by a long call each time it makes progress (an upload's embedding
+        batches): its hold's expiry moves a time to live on, at most every quarter of one,
+        so a call that keeps advancing never outlives its hold. A call that stalls does,
+        and is still charged if it finishes (Ledger._charge_late)."""
+        running = _RUNNING.get()
+        if running is None:
+            return
+        now = self.ledger.clock.now()
+        if now - running.extended < self.ledger.hold_ttl / 4:
+            return
+        running.extended = now
+        await self.ledger.extend(running.hold)
 
     async def _reserve(
         self, actor: Actor, operation: str, amount: int, model: str, agent: str | None

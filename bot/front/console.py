@@ -127,6 +127,9 @@ async def run_console(
 ) -> int:
     own_services = services is None
     services = services or await Services.open(config, kind="console")
+    # A live console renews its lease like every front end: without it, a sweeper in the
+    # sidecar or the bot takes its holds for a dead process's and expires them mid-call.
+    services.ledger.start_maintenance()
     bot = AgentBot(config, services)
     try:
         await bot.load_cogs()
@@ -147,7 +150,8 @@ async def run_console(
         services.meter.on_alert = print_alert
         printer = StreamPrinter(output, out_dir)
         runner.listener = printer
-        for line in lines:
+        # Read in a thread: a loop blocked on standard input would renew no lease.
+        while line := await asyncio.to_thread(lines.readline):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue

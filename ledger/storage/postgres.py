@@ -277,6 +277,10 @@ class PostgresStore:
         self.operations = 0
         self.retries = 0
         self.last_write = time.monotonic()
+        # No single write lock here: a lease renewal updates its own instances row, which
+        # no other transaction waits on, so renewals never stall behind others' writes.
+        self.stall_seconds = float("inf")
+        self.stalled_at = float("-inf")
         self._closed = False
 
     @classmethod

@@ -74,6 +74,10 @@ class Store(Protocol):
     batches: int
     operations: int
     last_write: float
+    # The sweeper's allowance for a busy database (Ledger.sweep): when the store last saw
+    # writes kept from the database for `stall_seconds` (time.monotonic()), -inf if never.
+    stall_seconds: float
+    stalled_at: float
 
     async def write(self, op: Operation[T]) -> T: ...
 

@@ -203,6 +203,11 @@ class SqliteStore:
         self.batches = 0
         self.operations = 0
         self.last_write = time.monotonic()
+        # When the write lock was last out of reach for `stall_seconds` or more (waited for,
+        # or held that long by a transaction of ours). Every process's writes stalled
+        # then, lease renewals included: the sweeper reads it (Ledger.sweep).
+        self.stall_seconds = float("inf")
+        self.stalled_at = float("-inf")
 
     @classmethod
     async def open(cls, path: str | Path, *, secure_delete: bool = False) -> SqliteStore:
@@ -328,14 +333,18 @@ class SqliteStore:
     def _transaction(self, ops: list[Operation[Any]]) -> list[Outcome]:
         """On the writer thread: one transaction holding every operation of the batch."""
         raw = self.writer.raw
+        asked = time.monotonic()
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 raw.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as error:
                 if not is_busy(error) or attempt == BUSY_RETRIES:
+                    self._note_stall(asked)
                     raise
                 time.sleep(0.05 * (attempt + 1))  # on the writer thread, not the loop
+        self._note_stall(asked)
+        began = time.monotonic()
         outcomes: list[Outcome] = []
         try:
             for op in ops:
@@ -353,7 +362,14 @@ class SqliteStore:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
+        finally:
+            self._note_stall(began)
         return outcomes
+
+    def _note_stall(self, since: float) -> None:
+        now = time.monotonic()
+        if now - since >= self.stall_seconds:
+            self.stalled_at = now
 
     async def on_writer(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run `job` on the writer's thread between two batches, outside any transaction
@@ -362,7 +378,15 @@ class SqliteStore:
         if self._task is None:
             raise RuntimeError("the ledger is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, job, self.writer.raw)
+
+        def timed(raw: sqlite3.Connection) -> T:
+            began = time.monotonic()
+            try:
+                return job(raw)
+            finally:
+                self._note_stall(began)  # it may have held the write lock that long
+
+        return await loop.run_in_executor(self._thread, timed, self.writer.raw)
 
     async def checkpoint(self, mode: str = "TRUNCATE") -> Checkpointed:
         """Copy the WAL into the database and, when no reader still needs it, empty it.

@@ -86,7 +86,7 @@ async def _document(services: Services, chunks: int) -> tuple[int, int]:
 
     async def op(conn: Any) -> tuple[int, int]:
         agent = await repo.insert_agent_in(conn, "guild:1", "Nova", "You are Nova.", "7")
-        rows = [(i, 1, f"chunk {i}", b"\0" * 16) for i in range(chunks)]
+        rows = [(i, 1, "", False, f"chunk {i}", b"\0" * 16) for i in range(chunks)]
         document = await repo.insert_document_in(conn, agent.id, "a.txt", "text", 1, 9, "7", rows)
         return agent.id, document
 

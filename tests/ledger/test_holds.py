@@ -82,9 +82,12 @@ async def test_release_after_commit_keeps_the_charge(ledger: Ledger) -> None:
     assert await ledger.verify() == []
 
 
-async def test_commit_and_release_after_expiry_change_nothing(
+async def test_a_commit_after_expiry_is_charged_once_and_a_release_changes_nothing(
     ledger: Ledger, clock: ManualClock, db_path: Path
 ) -> None:
+    """Issue 10, finding 1: work that outlived its hold was stored and charged 0. The work
+    was done and is delivered, so its commit charges the actual cost, on a row of its own
+    that names the expired hold; the hold keeps its one 'expired' row."""
     hold = await ledger.reserve(ACCOUNT, 10_000, "chat")
     kept = await ledger.reserve(ACCOUNT, 1_000, "chat")
     clock.advance(seconds=899)
@@ -96,19 +99,28 @@ async def test_commit_and_release_after_expiry_change_nothing(
     report = await ledger.sweep()
 
     assert (report.expired, report.orphaned, report.tokens_freed) == (1, 0, 10_000)
-    committed = await ledger.commit(hold, 10_000)
-    released = await ledger.release(hold)
-    for late in (committed, released):
+    committed = await ledger.commit(hold, 12_000)  # more than was held: charged in full
+    assert committed.first and (committed.status, committed.charged) == ("committed", 12_000)
+    for late in (await ledger.commit(hold, 12_000), await ledger.release(hold)):
         assert not late.first
-        assert (late.status, late.charged) == ("expired", 0)
     balance = await ledger.balance(ACCOUNT)
-    assert (balance.tokens_used, balance.tokens_held) == (1_000, 2_000)
+    assert (balance.tokens_used, balance.tokens_held) == (13_000, 2_000)
     statuses = {hold_id: status for hold_id, status, _ in await _hold_rows(ledger)}
     assert statuses == {
         hold.hold_id: "expired",
         kept.hold_id: "committed",
         fresh.hold_id: "pending",
     }
+    (entry,) = [e for e in await ledger.history(ACCOUNT) if e.tokens_used == 12_000]
+    assert entry.status == "charged" and entry.hold_id is None
+    assert entry.details == "charged after its hold expired (time to live passed)"
+    late_rows = [
+        (r[0], r[1])
+        for r in await ledger.store.reader.execute_fetchall(
+            "SELECT late_hold_id, tokens_used FROM token_usage WHERE late_hold_id IS NOT NULL"
+        )
+    ]
+    assert late_rows == [(hold.hold_id, 12_000)]
     assert await ledger.verify() == []
 
 

@@ -92,6 +92,7 @@ class ModelHold:
     user: str
     status: str = "pending"
     charged: int = 0
+    charged_late: bool = False  # committed after the sweeper expired it (issue 10, 1)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -187,6 +188,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def settle(self, hold_id: str, status: str, actual: int) -> Resolution:
         hold = self.model_holds[hold_id]
+        if hold.status == "expired" and status == "committed" and not hold.charged_late:
+            return self.charge_late(hold_id, actual)
         if hold.status != "pending":
             return Resolution(
                 hold_id,
@@ -209,6 +212,20 @@ class LedgerMachine(RuleBasedStateMachine):
         hold.status, hold.charged = status, actual
         excess = max(0, actual - hold.amount)
         return Resolution(hold_id, hold.account, status, actual, excess, account.available(), True)
+
+    def charge_late(self, hold_id: str, actual: int) -> Resolution:
+        """The work outlived its hold: charged in full, once; nothing left to free."""
+        hold = self.model_holds[hold_id]
+        account = self.touch(hold.account)
+        self.member(hold.account, hold.user).used += actual
+        from_allowance = min(actual, max(0, account.limit - account.used))
+        from_bonus = min(actual - from_allowance, account.bonus)
+        account.used += actual - from_bonus
+        account.bonus -= from_bonus
+        hold.charged_late = True
+        return Resolution(
+            hold_id, hold.account, "committed", actual, actual, account.available(), True
+        )
 
     # ---- rules -------------------------------------------------------------------------
 

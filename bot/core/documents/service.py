@@ -161,6 +161,7 @@ class DocumentService:
                 result = await self.ai.embed([c.text for c in group])
                 vectors.append(result.vectors)
                 tokens += result.total_tokens
+                await self.meter.keep_alive()  # progress: the hold must not lapse under it
             return np.vstack(vectors).astype(np.float32), tokens
 
         document_ids: list[int] = []

@@ -74,9 +74,10 @@ _BEFORE = re.compile(
 )
 _GRAVE = re.compile(r"(?<=\w)`(\w)")
 _AFTER = re.compile(r"(\w)([\u00b8\u02db])")  # cedilla and ogonek may follow their letter
-# PDFium marks a hyphen it took for a line-end soft hyphen with U+0002.
-_SOFT_HYPHEN = re.compile(r"\x02\s*")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\x80-\x9f\ufffe\uffff]")
+# PDFium marks a hyphen it took for a line-end soft hyphen with U+0002 (or U+FFFE, the
+# line break already removed): the word is whole again without it.
+_SOFT_HYPHEN = re.compile(r"[\x02\ufffe]\s*")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\x80-\x9f\uffff]")
 # Presentation forms (ligatures, Arabic and CJK compatibility forms): NFKC expands them.
 _PRESENTATION = re.compile(r"[\ufb00-\ufb4f\ufe70-\ufeff\uff00-\uffef]")
 
