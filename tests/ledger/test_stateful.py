@@ -10,7 +10,7 @@ import calendar
 import shutil
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -293,7 +293,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if actual is None:
             actual = self.model_holds[hold_id].amount
         expected = self.settle(hold_id, "committed", actual)
-        assert self.run(self.ledger.commit(hold_id, actual)) == expected
+        # Low-balance alerts are the limits suite's to check; this model does not track them.
+        assert replace(self.run(self.ledger.commit(hold_id, actual)), alerts=()) == expected
 
     @rule(hold_id=holds)
     def release(self, hold_id: str) -> None:
