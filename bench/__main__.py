@@ -18,6 +18,7 @@ MODULES = [
     "bench.webhooks_bench",
     "bench.startup_bench",
     "bench.memory_bench",
+    "bench.cost_bench",
 ]
 
 

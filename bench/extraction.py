@@ -124,7 +124,7 @@ def _pypdfium2(data: bytes, pages: int) -> str:
     document = pdfium.PdfDocument(data)
     out = []
     for index in range(min(pages, len(document))):
-        out.append(document[index].get_textpage().get_text_range())
+        out.append(document[index].get_textpage().get_text_bounded())
     return "\n".join(out)
 
 

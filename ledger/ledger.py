@@ -1124,7 +1124,9 @@ class Ledger:
         or the whole log with `full`. A clean run records itself for the next one."""
         started = time.monotonic()
         try:
-            outcome = await verifier.run(self.store.reader, full=full, progress=progress)
+            outcome = await verifier.run(
+                self.store.reader, full=full, progress=progress, dialect=self.store.dialect
+            )
         finally:
             await self._after_long_read(started)
         if not outcome.violations:

@@ -17,7 +17,7 @@ Caps apply to server accounts only; a user's own account (a DM) has none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,52 +199,67 @@ async def _cap_tokens(conn: Connection, account_id: str, scope: str, subject_id:
 ACCOUNT_PAGE = 500
 
 
-async def verify_in(conn: Connection) -> list[tuple[str, str]]:
+async def verify_in(
+    conn: Connection, accounts: Collection[str] | None = None
+) -> list[tuple[str, str]]:
     """(account, message) for every member counter that disagrees with the audit log.
 
     Only the current period's counters matter to caps (an earlier period's row restarts
     at 0 on its next write), so each account's check reads its current period's charges
     and its pending holds: the cost follows the period, not the ledger's age. Accounts go
-    in keyset pages, each page in one read snapshot, so the comparison is exact."""
+    in keyset pages, each page in one read snapshot, so the comparison is exact.
+    `accounts` limits the check to those (the incremental verify: the accounts written
+    since its last clean run)."""
     found: list[tuple[str, str]] = []
+    if accounts is not None:
+        chosen = sorted(accounts)
+        for start in range(0, len(chosen), ACCOUNT_PAGE):
+            some = chosen[start : start + ACCOUNT_PAGE]
+            marks = ", ".join("?" * len(some))
+            found += await _page(conn, f"IN ({marks})", tuple(some))
+        return found
     after = ""
     while True:
-        await conn.execute("BEGIN")
-        try:
-            page = await conn.execute_fetchall(
-                "SELECT account_id, period_seq FROM usage_limits WHERE account_id > ?"
-                " ORDER BY account_id LIMIT ?",
-                (after, ACCOUNT_PAGE),
-            )
-            if not page:
-                break
-            low, high = page[0][0], page[-1][0]
-            counters = await conn.execute_fetchall(
-                "SELECT m.account_id, m.user_id, m.tokens_used, m.tokens_held,"
-                " m.period_seq = u.period_seq AS current FROM member_spending m"
-                " JOIN usage_limits u ON u.account_id = m.account_id"
-                " WHERE m.account_id BETWEEN ? AND ?",
-                (low, high),
-            )
-            charges = await conn.execute_fetchall(
-                "SELECT t.account_id, t.user_id, SUM(t.tokens_used) FROM usage_limits u"
-                " JOIN token_usage t ON t.account_id = u.account_id"
-                " AND t.period_seq = u.period_seq AND t.status = 'charged'"
-                " WHERE u.account_id BETWEEN ? AND ? AND t.user_id IS NOT NULL"
-                " GROUP BY t.account_id, t.user_id",
-                (low, high),
-            )
-            pending = await conn.execute_fetchall(
-                "SELECT account_id, user_id, SUM(amount) FROM holds WHERE status = 'pending'"
-                " AND account_id BETWEEN ? AND ? AND user_id IS NOT NULL"
-                " GROUP BY account_id, user_id",
-                (low, high),
-            )
-        finally:
-            await conn.execute("COMMIT")
-        found += _breaches(counters, charges, pending)
+        page = await conn.execute_fetchall(
+            "SELECT account_id FROM usage_limits WHERE account_id > ? ORDER BY account_id LIMIT ?",
+            (after, ACCOUNT_PAGE),
+        )
+        if not page:
+            break
+        low, high = page[0][0], page[-1][0]
+        found += await _page(conn, "BETWEEN ? AND ?", (low, high))
         after = high
     return found
+
+
+async def _page(conn: Connection, where: str, params: tuple[str, ...]) -> list[tuple[str, str]]:
+    """One page of accounts (`account_id <where>`), in one read snapshot."""
+    await conn.execute("BEGIN")
+    try:
+        counters = await conn.execute_fetchall(
+            "SELECT m.account_id, m.user_id, m.tokens_used, m.tokens_held,"
+            " m.period_seq = u.period_seq AS current FROM member_spending m"
+            " JOIN usage_limits u ON u.account_id = m.account_id"
+            f" WHERE m.account_id {where}",
+            params,
+        )
+        charges = await conn.execute_fetchall(
+            "SELECT t.account_id, t.user_id, SUM(t.tokens_used) FROM usage_limits u"
+            " JOIN token_usage t ON t.account_id = u.account_id"
+            " AND t.period_seq = u.period_seq AND t.status = 'charged'"
+            f" WHERE u.account_id {where} AND t.user_id IS NOT NULL"
+            " GROUP BY t.account_id, t.user_id",
+            params,
+        )
+        pending = await conn.execute_fetchall(
+            "SELECT account_id, user_id, SUM(amount) FROM holds WHERE status = 'pending'"
+            f" AND account_id {where} AND user_id IS NOT NULL"
+            " GROUP BY account_id, user_id",
+            params,
+        )
+    finally:
+        await conn.execute("COMMIT")
+    return _breaches(counters, charges, pending)
 
 
 def _breaches(counters: list[Any], charges: list[Any], pending: list[Any]) -> list[tuple[str, str]]:

@@ -136,7 +136,7 @@ async def history(conn: Connection, account_id: str, limit: int) -> list[UsageEn
     return [UsageEntry(*r) for r in rows]
 
 
-EXPORT_PAGE = 10_000
+EXPORT_PAGE = 20_000
 
 
 async def export_csv(
@@ -157,11 +157,13 @@ async def export_csv(
     top = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM token_usage"))[0][0]
     last, count = 0, 0
     while last < top:
-        rows = await conn.execute_fetchall(
+        async with conn.execute(
             f"SELECT {_USAGE_COLUMNS} FROM token_usage WHERE id > ? AND id <= ?"
             " ORDER BY id LIMIT ?",
             (last, top, page),
-        )
+        ) as cursor:
+            cursor.row_factory = None  # plain tuples: csv needs no column names
+            rows = await cursor.fetchall()
         if not rows:
             break
         writer.writerows(rows)

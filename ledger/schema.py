@@ -212,4 +212,11 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX token_usage_late_hold ON token_usage(late_hold_id)
         WHERE late_hold_id IS NOT NULL;
     """,
+    # 8: the period index covers the members' check too (their charges this period), so
+    # the incremental verify reads index pages only.
+    """
+    DROP INDEX token_usage_period;
+    CREATE INDEX token_usage_period
+        ON token_usage(account_id, period_seq, status, user_id, operation_type, tokens_used);
+    """,
 ]

@@ -184,3 +184,18 @@ async def test_usage_by_operation_reads_the_index_alone(ledger: Ledger, db_path:
         ).fetchall()
     assert any("COVERING INDEX token_usage_period" in row[-1] for row in plan), plan
     assert await ledger.usage_by_operation("user:1") == {"chat": 100}
+
+
+async def test_incremental_verify_sees_a_held_counter_zeroed_under_a_pending_hold(
+    ledger: Ledger, db_path: Path
+) -> None:
+    await _activity(ledger, 6)
+    await ledger.reserve("guild:3", 250, "chat")
+    assert await ledger.verify() == []
+    assert await ledger.verify() == []  # nothing appended since: SQL settles most accounts
+    _tamper(db_path, "UPDATE usage_limits SET tokens_held = 0 WHERE account_id = 'guild:3'")
+    found = await ledger.verify()
+    assert [(v.account_id, "tokens_held 0 != pending holds 250" in v.message) for v in found] == [
+        ("guild:3", True)
+    ]
+    _tamper(db_path, "UPDATE usage_limits SET tokens_held = 250 WHERE account_id = 'guild:3'")

@@ -122,16 +122,17 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
         )
     pages: list[str] = []
     labels: list[str] = []
-    characters = failed = 0
+    characters = failed = 0  # every character PDFium parsed, shown on the page or not
     for index in range(count):
         try:
             page = document[index]
             try:
                 textpage = page.get_textpage()
                 try:
-                    if characters + textpage.count_chars() > limits.max_characters:
+                    characters += textpage.count_chars()
+                    if characters > limits.max_characters:
                         raise InvalidInput(too_much(limits))
-                    raw = textpage.get_text_range()  # all of it, on the page or not
+                    raw = textpage.get_text_bounded()  # what the page shows, as pdftotext
                 finally:
                     textpage.close()
             finally:
@@ -140,9 +141,7 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             # One broken page should not lose the other 299: it counts as empty.
             log.info("PDF page %d unreadable: %s", index + 1, error)
             raw, failed = "", failed + 1
-        text = normalize(raw)
-        characters += len(text)
-        pages.append(text)
+        pages.append(normalize(raw))
         labels.append(_label(document, index))
         if progress is not None:
             progress(index, count)
