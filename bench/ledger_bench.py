@@ -108,8 +108,16 @@ async def _measure(quick: bool) -> list[Figure]:
             figures.append(Figure("ledger", f"ledger {tasks} tasks, ops/transaction", per_tx, ""))
             ratio = rate / baseline
             aim = ">= 0.5 (aim 1.0)" if tasks == 100 else ""
-            met = ratio >= 0.5 if tasks == 100 else None
-            figures.append(Figure("ledger", f"ratio at {tasks} tasks", ratio, "x", aim, met))
+            figures.append(
+                Figure(
+                    "ledger",
+                    f"ratio at {tasks} tasks",
+                    ratio,
+                    "x",
+                    aim,
+                    quick_reason="few pairs on shared cores: the thread hop per batch dominates",
+                )
+            )
     return figures
 
 

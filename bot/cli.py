@@ -1,7 +1,8 @@
 """`python -m bot ...`: the bot, the sidecar, the console, `check`, the ledger and billing CLI.
 
-Exit codes: 0 done, 1 `ledger verify` found violations, 2 a usage or configuration
-problem (one line on stderr, never a traceback).
+Exit codes: 0 done, 1 `ledger verify` found violations or `check` found something `run`
+needs missing, 2 a usage, configuration or database problem (one line on stderr, never a
+traceback).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
+import os
 import re
 import sys
 import time
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config, ConfigError, load
-from bot.runtime import open_ledger
+from bot.logs import setup_logging
+from bot.runtime import StartupError, database_fault, open_ledger
 from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
+from ledger.storage.faults import DatabaseFault
 
 EXIT_USAGE = 2
 
@@ -41,8 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--user", type=int, required=True, help="the acting Discord user id")
     console.add_argument("--guild", type=int, help="act inside this server (default: a DM)")
     console.add_argument("--out", default="out", help="folder for files the bot sends")
-    commands.add_parser(
+    console.add_argument(
+        "--member",
+        action="store_true",
+        help="with --guild: act as a member without Manage Server (default: the owner)",
+    )
+    check = commands.add_parser(
         "check", help="validate the configuration and database; print the invite URL"
+    )
+    check.add_argument(
+        "--online", action="store_true", help="also ask Discord, the AI API and LemonSqueezy"
     )
 
     ledger = commands.add_parser("ledger", help="inspect and adjust the token ledger")
@@ -68,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--by", choices=["member", "agent", "operation", "day"], default="member")
     usage.add_argument("--json", action="store_true")
     actions.add_parser("export", help="the whole audit log as CSV on standard output")
+    backup = actions.add_parser("backup", help="a consistent copy of the database, while it runs")
+    backup.add_argument("path", help="the file to write (must not exist)")
     actions.add_parser("sweep", help="release holds of stopped processes")
     actions.add_parser(
         "compact", help="archive old resolved holds and give free space back, online"
@@ -98,17 +111,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     command = args.command or "run"
+    config: Config | None = None
     try:
         config = load(args.config)
         handler = COMMANDS[command]
         return handler(config, args)
-    except (ConfigError, UsageError) as error:
+    except (ConfigError, UsageError, StartupError) as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    except DatabaseFault as error:
+        assert config is not None  # loading the configuration opens no database
+        print(database_fault(config, error), file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `ledger export | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 
@@ -126,15 +148,19 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
-    """Validate the configuration and the database; print the invite URL."""
+    """Validate the configuration and the database; print the invite URL. Exit 1 when
+    something `run` needs is missing or malformed, naming what and where."""
     from bot.front.app import application_id_from_token, invite_url
 
-    print(f"configuration: ok ({args.config or 'config.toml'})")
+    source = config.source
+    print(f"configuration: {source} (read)" if source else "configuration: no file; defaults")
 
     async def database() -> list[str] | None:
         # Only what changed since the last clean `ledger verify`: check stays quick on a
         # ledger of any age. Never verified: say so rather than walk the whole log here.
-        async with await open_ledger(config, "cli") as ledger:
+        # (SQLite's quick_check of every page is cheap beside that, and a damaged file
+        # must stop here, not at the first command.)
+        async with await open_ledger(config, "cli", check_pages=True) as ledger:
             if not await ledger.verified_before():
                 return None
             return [str(v) for v in await ledger.verify()]
@@ -147,6 +173,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     print(f"database: {config.storage.database} ({state})")
     for violation in violations:
         print(f"  {violation}")
+    problems = _missing(config)
     if not config.lemonsqueezy.pro_variants():
         print(
             "warning: no Pro variant is configured (lemonsqueezy.variant_id,"
@@ -163,9 +190,52 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     token = config.secrets.discord_token
     app_id = application_id_from_token(token.get_secret_value()) if token else None
     print(f"invite URL: {invite_url(app_id or 'YOUR_APPLICATION_ID')}")
-    if app_id is None:
-        print("  (set DISCORD_TOKEN to fill in your application id)")
-    return 1 if violations else 0
+    if args.online:
+        from bot.front.online import probe
+
+        report = asyncio.run(probe(config))
+        for line in report.said:
+            print(line)
+        problems += report.missing
+    for problem in problems:
+        print(f"missing: {problem}")
+    return 1 if violations or problems else 0
+
+
+_ENV_WHERE = "(in the environment or the .env beside the configuration file)"
+
+
+def _missing(config: Config) -> list[str]:
+    """What `run` needs and does not have, each as where to put it."""
+    from bot.front.app import application_id_from_token
+
+    secrets, shop = config.secrets, config.lemonsqueezy
+    problems = []
+    token = secrets.discord_token
+    if token is None:
+        problems.append(f"DISCORD_TOKEN is not set {_ENV_WHERE}")
+    elif application_id_from_token(token.get_secret_value()) is None:
+        problems.append(
+            "DISCORD_TOKEN is not a bot token (its first part must be the application id): "
+            "copy it again from the developer portal, Bot > Reset Token"
+        )
+    if secrets.openai_api_key is None:
+        problems.append(f"OPENAI_API_KEY is not set {_ENV_WHERE}")
+    api_key = secrets.lemonsqueezy_api_key
+    billing = bool(api_key or secrets.lemonsqueezy_webhook_secret or shop.store_id)
+    billing = billing or bool(shop.variant_id or shop.checkout_url)
+    if billing:
+        if not shop.checkout_url and not (api_key and shop.store_id and shop.variant_id):
+            problems.append(
+                "no checkout: set lemonsqueezy.checkout_url, or LEMONSQUEEZY_API_KEY with "
+                "lemonsqueezy.store_id and lemonsqueezy.variant_id"
+            )
+        if secrets.lemonsqueezy_webhook_secret is None:
+            problems.append(
+                f"LEMONSQUEEZY_WEBHOOK_SECRET is not set {_ENV_WHERE}: every webhook would "
+                "be refused and no payment would reach the ledger"
+            )
+    return problems
 
 
 def _webhooks(config: Config, args: argparse.Namespace) -> int:
@@ -177,7 +247,9 @@ def _webhooks(config: Config, args: argparse.Namespace) -> int:
 def _console(config: Config, args: argparse.Namespace) -> int:
     from bot.front.console import main as console_main
 
-    return console_main(config, args.user, args.guild, args.out)
+    if args.member and args.guild is None:
+        raise UsageError("--member needs --guild: in a DM the user owns the account")
+    return console_main(config, args.user, args.guild, args.out, args.member)
 
 
 # ---- ledger ---------------------------------------------------------------------------
@@ -206,6 +278,8 @@ def _ledger(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(
             f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
         )
+    if args.action == "backup":
+        return _backup(config, args.path)
     account = _account(args.account) if hasattr(args, "account") else None
     amount = _amount(args.amount, config) if hasattr(args, "amount") else None
     try:
@@ -214,14 +288,36 @@ def _ledger(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
 
 
+def _backup(config: Config, target: str) -> int:
+    from ledger.storage.backup import BackupError, backup
+
+    try:
+        report = backup(config.storage.database, target)
+    except BackupError as error:
+        raise UsageError(f"backup: {error}") from None
+    except OSError as error:
+        raise UsageError(f"backup: {target}: {error.strerror or error}") from None
+    print(
+        f"backup of {config.storage.database} written to {report.path} ({report.size_bytes} bytes)"
+    )
+    return 0
+
+
 async def _ledger_action(
     config: Config, args: argparse.Namespace, account: str | None, amount: int | None
 ) -> int:
     actor = f"cli:{getpass.getuser()}"
-    async with await open_ledger(config, "cli") as ledger:
+    # verify reads every page first: a damaged file is not "ok" (exit 2, not 1).
+    checked = args.action == "verify"
+    async with await open_ledger(config, "cli", check_pages=checked) as ledger:
         match args.action:
             case "balance":
                 assert account is not None
+                if not args.json and not await ledger.history(account, 1):
+                    # balance() would show a fresh account whose period starts now.
+                    # (--json keeps its one shape: what the first use would create.)
+                    print(f"{account} has no activity yet")
+                    return 0
                 balance = await ledger.balance(account)
                 if args.json:
                     print(json.dumps(balance.to_json()))

@@ -8,6 +8,7 @@ line naming the key at fault; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -16,12 +17,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from ledger import Plan
 
@@ -40,6 +47,27 @@ class PlanSettings(_Section):
     monthly_tokens: int = Field(ge=0)
     max_agents: int = Field(ge=0)  # 0 means unlimited
     price_label: str = ""
+
+    # What members read about a plan, written once from these figures (issue 16: no
+    # figure of a plan is written out anywhere else).
+    @property
+    def agents_text(self) -> str:
+        if self.max_agents == 0:
+            return "unlimited agents"
+        return f"{self.max_agents:,} agent{'s' if self.max_agents != 1 else ''}"
+
+    @property
+    def summary(self) -> str:
+        """ "10,000,000 tokens a month and unlimited agents"."""
+        return f"{self.monthly_tokens:,} tokens a month and {self.agents_text}"
+
+
+def short_tokens(amount: int) -> str:
+    """10_000_000 -> "10M", 250_000 -> "250K", 12_500_000 -> "12.5M" (the spec's style)."""
+    for size, unit in ((1_000_000, "M"), (1_000, "K")):
+        if amount >= size:
+            return f"{amount / size:.1f}".removesuffix(".0") + unit
+    return f"{amount:,}"
 
 
 class PlansSettings(_Section):
@@ -120,6 +148,17 @@ class WebhooksSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    # port 0: /metrics on the sidecar's own listener; otherwise a listener of its own
+    # (keep it private: 127.0.0.1, or a network only Prometheus reaches).
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
 
 
 class LemonSqueezySettings(_Section):
@@ -223,6 +262,7 @@ class Secrets(BaseSettings):
     openai_api_key: SecretStr | None = None
     lemonsqueezy_api_key: SecretStr | None = None
     lemonsqueezy_webhook_secret: SecretStr | None = None
+    metrics_token: SecretStr | None = None  # METRICS_TOKEN: /metrics wants this bearer
 
 
 class Config(BaseSettings):
@@ -235,6 +275,7 @@ class Config(BaseSettings):
     openai: OpenAISettings = OpenAISettings()
     storage: StorageSettings = StorageSettings()
     webhooks: WebhooksSettings = WebhooksSettings()
+    metrics: MetricsSettings = MetricsSettings()
     lemonsqueezy: LemonSqueezySettings = LemonSqueezySettings()
     billing: BillingSettings = BillingSettings()
     admins: AdminsSettings = AdminsSettings()
@@ -242,6 +283,8 @@ class Config(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     chat: ChatSettings = ChatSettings()
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+    # The file actually read (None: no file, the defaults and the environment only).
+    _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -258,30 +301,74 @@ class Config(BaseSettings):
     def data_path(self, *parts: str) -> Path:
         return Path(self.storage.data_dir, *parts)
 
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
 
 def config_path(cli_path: str | None = None) -> Path:
     return Path(cli_path or os.environ.get("BOT_CONFIG") or DEFAULT_PATH)
 
 
 def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -> Config:
+    """The configuration. With a configuration file, a relative `env_file` (`.env`) and
+    relative `storage` paths are taken from that file's folder, so `--config
+    /srv/bot/config.toml` finds /srv/bot/.env and /srv/bot/data; without a file they are
+    relative to the working folder, as before."""
     path = config_path(cli_path)
     file_values: dict[str, Any] = {}
+    folder: Path | None = None
     if path.exists():
         try:
             file_values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML ({error})") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot be read ({error})") from None
+        folder = path.resolve().parent
     elif cli_path or os.environ.get("BOT_CONFIG"):
         raise ConfigError(f"{path}: no such configuration file")
     # Config ignores extra keys (for unrelated BOT_* variables); a file's may not be.
     for section in file_values:
         if section not in Config.model_fields or section == "secrets":
             raise ConfigError(f"config error: {section} (in {path}): unknown section")
+    if folder is not None and env_file is not None and not Path(env_file).is_absolute():
+        env_file = folder / env_file
     try:
         secrets = Secrets(_env_file=env_file)  # type: ignore[call-arg]
-        return Config(**file_values, secrets=secrets)
+        config = Config(**file_values, secrets=secrets)
     except ValidationError as error:
         raise ConfigError(_one_line(error, path)) from None
+    except SettingsError as error:
+        raise ConfigError(_settings_line(error)) from None
+    if folder is not None:
+        storage = config.storage
+        config.storage = storage.model_copy(
+            update={
+                "database": _beside(folder, storage.database),
+                "data_dir": _beside(folder, storage.data_dir),
+            }
+        )
+        config._source = path
+    return config
+
+
+def _beside(folder: Path, value: str) -> str:
+    if value == ":memory:" or Path(value).is_absolute():
+        return value
+    return str(folder / value)
+
+
+def _settings_line(error: SettingsError) -> str:
+    """pydantic-settings names the field, not the variable: find the variable."""
+    found = re.search(r'field "(\w+)"', str(error))
+    field = found.group(1) if found else ""
+    names = sorted(n for n in os.environ if n.upper().startswith(f"BOT_{field.upper()}__"))
+    where = ", ".join(names) or f"BOT_{field.upper()}__..."
+    return (
+        f"config error: {where}: not a valid value (lists and tables in the environment "
+        "are written as JSON, e.g. BOT_ADMINS__USER_IDS='[1, 2]')"
+    )
 
 
 def _one_line(error: ValidationError, path: Path) -> str:

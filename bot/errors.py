@@ -6,6 +6,7 @@ from __future__ import annotations
 from ledger import InsufficientTokens, LedgerError
 
 __all__ = [
+    "AIMisconfigured",
     "AIUnavailable",
     "AIUnusable",
     "AgentLimitReached",
@@ -40,10 +41,12 @@ class PermissionDenied(BotError):
 
 
 class AgentLimitReached(BotError):
-    def __init__(self, limit: int, plan: str) -> None:
+    def __init__(self, limit: int, plan: str, pro_agents: str = "unlimited agents") -> None:
+        # pro_agents: the Pro plan's agents as configured ("unlimited agents", "20 agents")
+        more = f"upgrade to Pro for {pro_agents}" if plan != "pro" else "make room"
         super().__init__(
             f"This account has reached the {plan} plan's limit of {limit} agents. "
-            "Delete one, or upgrade to Pro for unlimited agents."
+            f"Delete one, or {more}."
         )
         self.limit = limit
         self.plan = plan
@@ -56,6 +59,17 @@ class ContentRejected(BotError):
         super().__init__(
             f"The AI service declined this {what} under its content policy. "
             "Please rephrase it and try again. Nothing was charged."
+        )
+
+
+class AIMisconfigured(BotError):
+    """The AI service refused our key, its permissions or our model: not the member's
+    problem, and no retry will help. The operator is told in the log."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The bot's AI service is not set up correctly; the operator has been told. "
+            "Nothing was charged."
         )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.billing.service import Billing
 from bot.config import Config
@@ -21,6 +21,7 @@ from bot.core.documents.service import DocumentService
 from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
+from bot.core.telemetry import Telemetry
 from bot.core.usage import UsageService
 from bot.runtime import open_ledger
 from ledger import Clock, Ledger
@@ -47,6 +48,7 @@ class Services:
     billing: Billing
     limits: LimitsService
     usage: UsageService
+    telemetry: Telemetry = field(default_factory=Telemetry)  # what /metrics counts here
     tidying: asyncio.Task[None] | None = None
 
     @classmethod
@@ -58,7 +60,7 @@ class Services:
         clock: Clock | None = None,
         kind: str = "bot",
     ) -> Services:
-        ledger = await open_ledger(config, kind, clock=clock)
+        ledger = await open_ledger(config, kind, clock=clock, check_pages=True)
         try:
             repo = Repository(ledger.store)
             await repo.migrate()
@@ -70,6 +72,9 @@ class Services:
         key = config.secrets.openai_api_key
         gateway = ai or AIGateway(config.openai, key.get_secret_value() if key else None)
         meter = Meter(ledger, config.costs)
+        telemetry = Telemetry()
+        meter.telemetry = telemetry
+        ledger.store.on_batch = telemetry.write_batch
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo)
         balances = BalanceService(config, ledger)
@@ -89,6 +94,7 @@ class Services:
             billing=Billing(config, ledger),
             limits=LimitsService(config, ledger, repo, meter),
             usage=UsageService(ledger),
+            telemetry=telemetry,
         )
         # A tidy-up whose cost grows with the agents: in the background, a while after
         # start-up, so starting costs the same with 30 or 30,000 agents.

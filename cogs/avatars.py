@@ -31,7 +31,9 @@ def _result_embed(title: str, result: AvatarResult) -> tuple[discord.Embed, disc
 class AvatarsCog(FeatureCog):
     avatar = app_commands.Group(name="avatar", description="Give an agent a face")
 
-    @avatar.command(name="generate", description="Generate an avatar with AI (5,000 tokens)")
+    @avatar.command(
+        name="generate", description="Generate an avatar with AI (a flat price in tokens)"
+    )
     @app_commands.describe(agent="The agent", style="Optional: a style, e.g. watercolor, pixel art")
     @app_commands.autocomplete(agent=agent_names)
     async def generate(

@@ -290,7 +290,10 @@ class ChatCog(FeatureCog):
             )
         except InsufficientTokens as error:  # the spec's message, as /chat shows it
             await channel.send(
-                embed=insufficient_embed("This chat message", error), allowed_mentions=NO_MENTIONS
+                embed=insufficient_embed(
+                    "This chat message", error, self.bot.config.plans.pro.monthly_tokens
+                ),
+                allowed_mentions=NO_MENTIONS,
             )
         except Gone:
             log.info("a thread went away while its answer was being written")

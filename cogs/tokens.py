@@ -41,9 +41,7 @@ def tokens_embed(view: TokenView) -> discord.Embed:
         lines = [f"{OPERATION_LABELS.get(op, op)}: {n:,}" for op, n in view.usage.items()]
         embed.add_field(name="This period", value="\n".join(lines), inline=False)
     if b.plan_type != "pro":
-        embed.set_footer(
-            text=f"Pro: 10M tokens a month and unlimited agents, {view.price_label}. /upgrade"
-        )
+        embed.set_footer(text=f"Pro: {view.pro.summary}, {view.pro.price_label}. /upgrade")
     return embed
 
 
@@ -64,12 +62,10 @@ class TokensCog(FeatureCog):
         config = services.config
         free, pro = config.plans.free, config.plans.pro
         embed = discord.Embed(title="Plans", color=COLOR_OK)
-        embed.add_field(
-            name="Free", value=f"{free.monthly_tokens:,} tokens a month, {free.max_agents} agents"
-        )
+        embed.add_field(name="Free", value=free.summary)
         embed.add_field(
             name=f"Pro ({pro.price_label})",
-            value=f"{pro.monthly_tokens:,} tokens a month, unlimited agents",
+            value=pro.summary,
         )
         balance = await services.ledger.balance(actor.account_id)
         if balance.plan_type == "pro":

@@ -48,7 +48,8 @@ def test_the_shipped_config_toml_loads_with_its_documented_values() -> None:
     assert config.plans.pro.monthly_tokens == 10_000_000 and config.plans.pro.max_agents == 0
     assert config.costs.avatar_generation == 5_000 and config.costs.avatar_upload == 0
     assert config.openai.image_model not in {"dall-e-2", "dall-e-3", "gpt-image-1"}
-    assert config.storage.database == "data/bot.db"
+    # Relative to the file's folder (issue 16: files where the operator put them).
+    assert config.storage.database == str(REPO_CONFIG.resolve().parent / "data" / "bot.db")
     assert config.limits.max_grant == 100_000_000
 
 
@@ -84,7 +85,7 @@ def test_file_values_and_environment_overrides(
     config = load(str(path), env_file=None)
 
     assert config.storage.database == "/srv/from-env.db"  # the environment wins
-    assert config.storage.data_dir == "files"  # the file's other keys stay
+    assert config.storage.data_dir == str(tmp_path / "files")  # beside the file
     assert config.plans.free.monthly_tokens == 500_000
     assert config.plans.free.max_agents == 2
     assert config.plans.pro.price_label == "$31/month"

@@ -85,7 +85,8 @@ class AgentService:
             if await self.repo.agent_named_in(conn, actor.account_id, name):
                 raise _Refused(InvalidInput(f"There is already an agent named {name} here."))
             if limit and await self.repo.count_agents_in(conn, actor.account_id) >= limit:
-                raise _Refused(AgentLimitReached(limit, plan))
+                pro = self.config.plans.pro.agents_text
+                raise _Refused(AgentLimitReached(limit, plan, pro))
             return await self.repo.insert_agent_in(
                 conn, actor.account_id, name, prompt, str(actor.user_id)
             )

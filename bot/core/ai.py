@@ -31,7 +31,8 @@ import openai
 
 from bot.config import OpenAISettings
 from bot.core.tokens import count_tokens, truncate_tokens
-from bot.errors import AIUnavailable, AIUnusable, ContentRejected
+from bot.errors import AIMisconfigured, AIUnavailable, AIUnusable, ContentRejected
+from bot.logs import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class AIGateway:
             log.error("the image API answered with invalid base64 (model %s)", model)
             raise AIUnavailable() from None
         total = answer.usage.total_tokens if answer.usage else None
-        log.info("image from %s: %d bytes, usage %s tokens", model, len(png), total)
+        log.debug("image from %s: %d bytes, usage %s tokens", model, len(png), total)
         return ImageResult(png, model, total)
 
     async def chat(
@@ -220,7 +221,7 @@ class AIGateway:
             log.error("the embeddings API answered vectors of uneven size or bad encoding")
             raise AIUnavailable() from None
         (total,) = _usage("embeddings", model, answer.usage, "total_tokens")
-        log.info("embeddings from %s: %d inputs, %d tokens", model, len(texts), total)
+        log.debug("embeddings from %s: %d inputs, %d tokens", model, len(texts), total)
         return EmbeddingResult(vectors, model, total)
 
 
@@ -239,7 +240,7 @@ def _chat_result(call: str, text: str, model: str, usage: object) -> ChatResult:
     prompt, completion, total = _usage(
         call, model, usage, "prompt_tokens", "completion_tokens", "total_tokens"
     )
-    log.info("%s from %s: %d prompt + %d completion tokens", call, model, prompt, completion)
+    log.debug("%s from %s: %d prompt + %d completion tokens", call, model, prompt, completion)
     # A total below its parts would under-charge: the parts are what the model did.
     return ChatResult(text, model, prompt, completion, max(total, prompt + completion))
 
@@ -290,6 +291,29 @@ def _vector(embedding: object) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
+# Which setting names the model of each call, for the operator's line.
+_MODEL_SETTING = {"image": "image_model", "chat": "chat_model", "chat stream": "chat_model"}
+# A misconfiguration is said at ERROR once an hour per kind, not once per member's call.
+_MISCONFIGURED = Throttle(3600.0)
+
+
+def _misconfigured(call: str, model: str, error: openai.APIStatusError) -> AIMisconfigured:
+    setting = "openai." + _MODEL_SETTING.get(call, "embedding_model")
+    if isinstance(error, openai.AuthenticationError):
+        kind, fix = "auth", "the API refused OPENAI_API_KEY (401): set a valid key"
+    elif isinstance(error, openai.PermissionDeniedError):
+        kind = "permission"
+        fix = f"the API key may not use {model} (403): check the key's project and model access"
+    else:
+        kind = f"model {model}"
+        fix = f"the API has no model {model} (404): check {setting} and openai.base_url"
+    held = _MISCONFIGURED.allow(kind)
+    if held is not None:
+        more = f" ({held} more since the last line)" if held else ""
+        log.error("AI service misconfigured: %s; members are told so%s", fix, more)
+    return AIMisconfigured()
+
+
 class _mapped:
     """Turns the SDK's exceptions into domain errors, logging what an operator needs."""
 
@@ -308,6 +332,11 @@ class _mapped:
         if isinstance(error, openai.BadRequestError) and error.code in _POLICY_CODES:
             log.info("%s refused by content policy (%s)", self.call, error.code)
             raise ContentRejected() from None
+        if isinstance(
+            error,
+            openai.AuthenticationError | openai.PermissionDeniedError | openai.NotFoundError,
+        ):
+            raise _misconfigured(self.call, self.model, error) from None
         if isinstance(error, openai.APITimeoutError):
             log.warning("%s to %s timed out", self.call, self.model)
         elif isinstance(error, openai.APIConnectionError):

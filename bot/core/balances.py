@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.config import Config
+from bot.config import Config, PlanSettings
 from ledger import Balance, Ledger
 
 
@@ -14,6 +14,7 @@ class TokenView:
     usage: dict[str, int]
     price_label: str
     max_agents: int  # 0: unlimited
+    pro: PlanSettings  # what the upgrade hint names, as configured
 
     @property
     def used_fraction(self) -> float:
@@ -30,4 +31,5 @@ class BalanceService:
         balance = await self.ledger.balance(account_id)
         usage = await self.ledger.usage_by_operation(account_id)
         plan = self.config.plans.pro if balance.plan_type == "pro" else self.config.plans.free
-        return TokenView(balance, usage, self.config.plans.pro.price_label, plan.max_agents)
+        pro = self.config.plans.pro
+        return TokenView(balance, usage, pro.price_label, plan.max_agents, pro)

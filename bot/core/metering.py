@@ -21,12 +21,14 @@ import asyncio
 import contextvars
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from bot.config import CostsSettings
+from bot.core.telemetry import Telemetry
 from bot.errors import AIUnusable
 from ledger import BalanceAlert, Hold, InsufficientTokens, Ledger
 from ledger.storage import Connection
@@ -86,6 +88,26 @@ class Meter:
         # server's required role), and hears of each low-balance threshold crossed.
         self.gate: Callable[[Actor, str], Awaitable[None]] | None = None
         self.on_alert: Callable[[BalanceAlert], Awaitable[None]] | None = None
+        self.telemetry: Telemetry | None = None  # set by Services: /metrics counts calls
+
+    def _paid_line(
+        self, actor: Actor, operation: str, model: str, charged: int, outcome: str, started: float
+    ) -> None:
+        """The one INFO line of a paid call: who, what, tokens, outcome, milliseconds."""
+        seconds = time.monotonic() - started
+        if self.telemetry is not None:
+            kind = outcome.split(" ", 1)[0]
+            self.telemetry.paid_call(operation, kind, None if kind == "refused" else seconds)
+        log.info(
+            "paid call: %s user %s %s %s: %d tokens, %s, %d ms",
+            actor.account_id,
+            actor.user_id,
+            operation,
+            model,
+            charged,
+            outcome,
+            seconds * 1000,
+        )
 
     def weighted(self, model: str, tokens: int) -> int:
         """The API's tokens times the model's weight, rounded up: never under-charge."""
@@ -107,16 +129,23 @@ class Meter:
         """Run one metered call. `cost(result)` is the final charge in tokens; `store`
         writes what the call produced inside the charge's transaction; `salvage(error)`
         is what a failed call delivered anyway (None: nothing, charge nothing)."""
-        log.info(
+        log.debug(
             "💰 Checking token balance for %s (%s, %d tokens)",
             actor.account_id,
             operation,
             estimate,
         )
+        started = time.monotonic()
         if self.gate is not None:
             await self.gate(actor, operation)
-        hold = await self._reserve(actor, operation, estimate, model, agent)
-        log.info(
+        try:
+            hold = await self._reserve(actor, operation, estimate, model, agent)
+        except InsufficientTokens as refused:
+            self._paid_line(
+                actor, operation, model, 0, f"refused (has {refused.available})", started
+            )
+            raise
+        log.debug(
             "%s has %d tokens available after holding %d",
             actor.account_id,
             hold.available_after,
@@ -124,7 +153,7 @@ class Meter:
         )
         running = _RUNNING.set(_Running(hold, self.ledger.clock.now()))
         try:
-            log.info("Calling %s for %s on %s", model, operation, actor.account_id)
+            log.debug("Calling %s for %s on %s", model, operation, actor.account_id)
             result = await call()
             charge = cost(result)
             if type(charge) is not int or charge < 0:  # never a refund, never a float
@@ -139,17 +168,20 @@ class Meter:
                 metered = await self._settle(
                     self._commit_partial(actor, operation, hold, partial, cost, store, reason)
                 )
+                charged = metered.charged if metered is not None else 0
+                self._paid_line(actor, operation, model, charged, f"partial ({reason})", started)
                 if metered is not None and not isinstance(error, asyncio.CancelledError):
                     raise Salvaged(metered, error) from error
                 raise
-            log.info(
+            log.debug(
                 "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
             )
             await self._settle(self.ledger.release(hold, reason))
+            self._paid_line(actor, operation, model, 0, f"failed ({reason})", started)
             raise
         finally:
             _RUNNING.reset(running)
-        log.info("💸 Deducting %d tokens from %s...", charge, actor.account_id)
+        log.debug("💸 Deducting %d tokens from %s...", charge, actor.account_id)
 
         async def commit(conn: Connection):
             if store is not None:
@@ -165,9 +197,10 @@ class Meter:
             log.exception("storing the result of %s failed; releasing the hold", operation)
             await self._settle(self.ledger.release(hold, "storing the result failed"))
             raise
-        log.info(
+        log.debug(
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
         )
+        self._paid_line(actor, operation, model, resolution.charged, "ok", started)
         self._raise_alerts(resolution.alerts)
         return Metered(result, resolution.charged, resolution.available, hold.hold_id)
 
@@ -182,7 +215,7 @@ class Meter:
         reason: str,
     ) -> Metered[R] | None:
         charge = cost(partial)
-        log.info(
+        log.debug(
             "✂️ %s on %s broke off (%s); charging the %d tokens delivered",
             operation,
             actor.account_id,
@@ -240,7 +273,7 @@ class Meter:
             task.add_done_callback(self._release_late)
             raise
         except InsufficientTokens as error:
-            log.info(
+            log.debug(
                 "❌ Insufficient tokens on %s for %s: needs %d, has %d",
                 actor.account_id,
                 operation,

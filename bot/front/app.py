@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib
 import logging
 import pkgutil
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 from aiohttp import web
 from discord import app_commands
@@ -27,10 +29,19 @@ from bot.config import Config
 from bot.core.repository import Agent
 from bot.front.alerts import deliver_alert
 from bot.front.replies import report_error
-from bot.http.sidecar import start_sidecar
+from bot.http.avatars import avatar_url
+from bot.http.sidecar import listening_on, start_sidecar
 from bot.services import Services
 
 log = logging.getLogger(__name__)
+
+# The bot never joins voice: discord.py's warnings that voice libraries are missing are
+# noise at every start.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
+# Waits between attempts to reach Discord at start, then the last one repeats.
+START_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 COGS_PACKAGE = "cogs"  # every module in it that does not start with _ is a feature
 
@@ -145,21 +156,14 @@ class AgentBot(commands.Bot):
         self.services.admin.set_owners(owners)
 
     async def _start_sidecar(self) -> web.AppRunner:
-        return await start_sidecar(
-            self.config, self.services.ledger, notifier=self.notify, routes=self.avatar_routes
+        runner = await start_sidecar(
+            self.config,
+            self.services.ledger,
+            notifier=self.notify,
+            telemetry=self.services.telemetry,
         )
-
-    def avatar_routes(self, app: web.Application) -> None:
-        """Agents' avatars at `public_url`, for the webhook that speaks as an agent."""
-
-        async def avatar(request: web.Request) -> web.StreamResponse:
-            agent = await self.services.repo.agent_by_id(int(request.match_info["agent_id"]))
-            path = self.services.avatars.file_for(agent) if agent else None
-            if path is None:
-                raise web.HTTPNotFound()
-            return web.FileResponse(path, headers={"Cache-Control": "public, max-age=300"})
-
-        app.router.add_get(r"/avatars/{agent_id:\d{1,18}}.png", avatar)
+        log.info("webhook sidecar listening on %s", listening_on(runner))
+        return runner
 
     async def notify(self, account_id: str, user_id: str | None, plan: str, message: str) -> None:
         """Tell the buyer (a DM) and the server (its system channel, when we may post)."""
@@ -198,9 +202,9 @@ class AgentBot(commands.Bot):
         path = self.services.avatars.file_for(agent)
         if path is None:
             return None, None
-        public = self.config.webhooks.public_url.rstrip("/")
+        public = self.config.webhooks.public_url
         if public:
-            return f"{public}/avatars/{agent.id}.png?v={agent.avatar_version}", None
+            return avatar_url(public, path), None
         return "attachment://avatar.png", discord.File(Path(path), filename="avatar.png")
 
 
@@ -223,27 +227,59 @@ def make_bot(config: Config, services: Services | None = None) -> AgentBot:
 
 
 async def _main(config: Config, token: str) -> int:
-    bot = make_bot(config)
+    stop = asyncio.Event()
+    current: list[AgentBot] = []
+    closing: set[asyncio.Future[None]] = set()
+
+    def on_signal() -> None:
+        stop.set()
+        for bot in current:
+            task = asyncio.ensure_future(bot.close())
+            closing.add(task)  # keep a reference until it is done
+            task.add_done_callback(closing.discard)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
-    try:
-        async with bot:
-            await bot.start(token)
-    except discord.LoginFailure:
-        print(
-            "Discord refused DISCORD_TOKEN: copy the bot token again from the developer portal",
-            file=sys.stderr,
-        )
-        return 2
-    except discord.PrivilegedIntentsRequired:
-        print(
-            "discord.message_content is on, but the Message Content intent is not enabled "
-            "for this bot in the developer portal",
-            file=sys.stderr,
-        )
-        return 2
+        loop.add_signal_handler(sig, on_signal)
+    attempt = 0
+    while not stop.is_set():
+        bot = make_bot(config)
+        current[:] = [bot]
+        try:
+            async with bot:
+                await bot.start(token)
+            return 0
+        except discord.LoginFailure:
+            print(
+                "Discord refused DISCORD_TOKEN (401): it is wrong or was reset; copy the bot "
+                "token again from the developer portal (Bot > Reset Token)",
+                file=sys.stderr,
+            )
+            return 2
+        except discord.PrivilegedIntentsRequired:
+            print(
+                "discord.message_content is on, but the Message Content intent is not enabled "
+                "for this bot in the developer portal",
+                file=sys.stderr,
+            )
+            return 2
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            if bot.services is not None:
+                raise  # past the start: not ours to retry
+            wait = START_BACKOFF[min(attempt, len(START_BACKOFF) - 1)]
+            attempt += 1
+            log.warning("cannot reach Discord (%s); retrying in %.0f s", _reason(error), wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
     return 0
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause in a few words (aiohttp nests the OS error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return text.splitlines()[0][:200]
 
 
 def run_bot(config: Config) -> int:

@@ -1,12 +1,15 @@
-"""`python -m bot console --user ID [--guild ID]`: slash commands from standard input,
-one a line, run through the very same cogs as the bot; prints what the bot would send.
-Files the bot would attach are saved into `--out` and their paths printed."""
+"""`python -m bot console --user ID [--guild ID [--member]]`: slash commands from
+standard input, one a line, run through the very same cogs as the bot; prints what the
+bot would send, with Discord's markup rendered as the client shows it (bot/front/markup).
+In a server the user is its owner, or with `--member` a member without Manage Server.
+Files the bot would attach are saved into `--out` once per content, and their paths
+printed. Interactive, it greets with a banner; `/help` lists the commands."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
-import uuid
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +18,7 @@ import discord
 from bot.config import Config
 from bot.front.alerts import links
 from bot.front.app import AgentBot
+from bot.front.markup import plain
 from bot.front.standin import CommandRunner, Sent, UsageError
 from bot.services import Services
 from ledger import BalanceAlert
@@ -30,7 +34,7 @@ def render(sent: Sent, out_dir: Path) -> str:
     if sent.ephemeral:
         lines.append("(only you can see this)")
     if sent.text():
-        lines.append(sent.text())
+        lines.append(plain(sent.text()))
     for label, url in sent.buttons():
         lines.append(f"[{label}]({url})" if url else f"[{label}]")
     for file in sent.files:
@@ -69,12 +73,45 @@ class StreamPrinter:
 
 
 def save(file: discord.File, out_dir: Path) -> Path:
+    """Named by content: the same avatar on every reply is one file, written once."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = file.filename or "file"
-    path = out_dir / f"{uuid.uuid4().hex[:8]}-{name}"
     file.reset()
-    path.write_bytes(file.fp.read())
+    data = file.fp.read()
+    name = Path(file.filename or "file").name
+    path = out_dir / f"{hashlib.sha256(data).hexdigest()[:12]}-{name}"
+    if not path.exists():
+        path.write_bytes(data)
     return path
+
+
+def banner(user_id: int, guild_id: int | None, member: bool) -> str:
+    if guild_id is None:
+        where = f"user {user_id} in a DM with the bot"
+    else:
+        role = "a member without Manage Server" if member else "the server's owner"
+        where = f"user {user_id} in server {guild_id}, as {role}"
+    return (
+        f"Agent bot console: slash commands as {where}.\n"
+        '/help lists the commands; e.g. /agent create name:Nova prompt:"You are kind". '
+        "Ctrl-D quits."
+    )
+
+
+def help_text(bot: AgentBot, guild_id: int | None) -> str:
+    """Every command a member could type here, with its options (optional in brackets)."""
+    commands = list(bot.tree.walk_commands())
+    if guild_id is not None:  # and those registered in this server only
+        commands += bot.tree.walk_commands(guild=discord.Object(guild_id))
+    lines = set()
+    for command in commands:
+        if isinstance(command, discord.app_commands.Command):
+            options = " ".join(
+                f"{p.display_name}:" if p.required else f"[{p.display_name}:]"
+                for p in command.parameters
+            )
+            usage = f"/{command.qualified_name} {options}".rstrip()
+            lines.add(f"{usage}  ({command.description})")
+    return "\n".join(sorted(lines))
 
 
 async def run_console(
@@ -86,6 +123,7 @@ async def run_console(
     lines: IO[str],
     output: IO[str],
     services: Services | None = None,
+    member: bool = False,
 ) -> int:
     own_services = services is None
     services = services or await Services.open(config, kind="console")
@@ -95,7 +133,11 @@ async def run_console(
     bot = AgentBot(config, services)
     try:
         await bot.load_cogs()
-        runner = CommandRunner(bot, user_id=user_id, guild_id=guild_id)
+        # --member: the server's owner is someone else, and Manage Server is not given.
+        owner = user_id + 1 if member else user_id
+        runner = CommandRunner(bot, user_id=user_id, guild_id=guild_id, owner_id=owner)
+        if lines.isatty():
+            print(banner(user_id, guild_id, member), file=output, flush=True)
 
         async def print_alert(alert: BalanceAlert) -> None:
             notice = await services.limits.notice(alert)
@@ -114,6 +156,9 @@ async def run_console(
             if not line or line.startswith("#"):
                 continue
             print(f"> {line}", file=output)
+            if line in {"/help", "help"}:
+                print(help_text(bot, guild_id), file=output, flush=True)
+                continue
             try:
                 await runner.run(line)  # the printer shows each answer as it comes
             except UsageError as error:
@@ -129,7 +174,7 @@ async def run_console(
     return 0
 
 
-def main(config: Config, user_id: int, guild_id: int | None, out: str) -> int:
+def main(config: Config, user_id: int, guild_id: int | None, out: str, member: bool = False) -> int:
     return asyncio.run(
         run_console(
             config,
@@ -138,5 +183,6 @@ def main(config: Config, user_id: int, guild_id: int | None, out: str) -> int:
             out_dir=Path(out),
             lines=sys.stdin,
             output=sys.stdout,
+            member=member,
         )
     )

@@ -10,6 +10,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.config import short_tokens
 from bot.core.limits import cap_sentence
 from bot.core.metering import Actor
 from bot.errors import BotError
@@ -117,13 +118,14 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT - 10) -> list[str]:
     return parts or [""]
 
 
-def insufficient_embed(what: str, error: InsufficientTokens) -> discord.Embed:
-    """The spec's message: what it needs, what is left, and the upgrade hint."""
+def insufficient_embed(what: str, error: InsufficientTokens, pro_tokens: int) -> discord.Embed:
+    """The spec's message: what it needs, what is left, and the upgrade hint with the
+    Pro allowance as configured (`plans.pro.monthly_tokens`)."""
     text = (
         f"{what} requires {error.needed:,} tokens. You have {error.available:,} tokens remaining."
     )
     if error.plan != "pro":
-        text += " Upgrade to Pro for 10M tokens!"
+        text += f" Upgrade to Pro for {short_tokens(pro_tokens)} tokens!"
     return discord.Embed(title="❌ Insufficient Tokens", description=text, color=COLOR_ERROR)
 
 
@@ -158,7 +160,9 @@ async def report_error(
     if isinstance(error, InsufficientTokens):
         what = interaction.extras.get("operation", "This action")
         view = upgrade_view(upgrade_url) if error.plan != "pro" else None
-        await reply(interaction, embed=insufficient_embed(what, error), view=view, ephemeral=True)
+        pro_tokens = interaction.client.config.plans.pro.monthly_tokens  # type: ignore[attr-defined]
+        embed = insufficient_embed(what, error, pro_tokens)
+        await reply(interaction, embed=embed, view=view, ephemeral=True)
         return
     known = isinstance(error, BotError | app_commands.CheckFailure | LedgerError)
     if not known:

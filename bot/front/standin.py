@@ -416,6 +416,8 @@ class CommandRunner:
                 continue
             raw = options[param.display_name]
             value = self._option(param.type, raw, param.display_name)
+            if param.choices:
+                value = _chosen(param.display_name, param.choices, value)
             # Discord enforces these before the bot sees the command: for a string they
             # bound its length, for a number its value.
             size = len(value) if isinstance(value, str) else value
@@ -436,11 +438,14 @@ class CommandRunner:
         try:
             match kind:
                 case Opt.integer:
-                    return int(raw)
+                    return _within(name, int(raw))
                 case Opt.number:
-                    return float(raw)
+                    return _within(name, float(raw))
                 case Opt.boolean:
-                    return raw.lower() in {"true", "yes", "1"}
+                    # Discord offers True and False, nothing else.
+                    if raw.lower() not in {"true", "false"}:
+                        raise UsageError(f"{name} must be true or false, not {raw!r}")
+                    return raw.lower() == "true"
                 case Opt.attachment:
                     return self.load_attachment(raw)
                 case Opt.user | Opt.mentionable:
@@ -453,3 +458,23 @@ class CommandRunner:
                     return raw
         except (ValueError, OSError) as error:
             raise UsageError(f"option {name}: {error}") from None
+
+
+# Discord's integer and number options are bounded by what JavaScript holds exactly.
+_DISCORD_NUMBER = 2**53
+
+
+def _within(name: str, value: float) -> float:
+    if not -_DISCORD_NUMBER <= value <= _DISCORD_NUMBER:
+        raise UsageError(f"{name} must be between -{_DISCORD_NUMBER} and {_DISCORD_NUMBER}")
+    return value
+
+
+def _chosen(name: str, choices: list[app_commands.Choice[Any]], value: Any) -> Any:
+    """An option with choices takes one of them (Discord's client offers nothing else):
+    typed by its name or its value, it is sent as its value."""
+    for choice in choices:
+        if value in (choice.value, choice.name):
+            return choice.value
+    names = ", ".join(str(c.name) for c in choices)
+    raise UsageError(f"{name} must be one of: {names} (not {value!r})")

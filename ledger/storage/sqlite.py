@@ -189,6 +189,8 @@ class SqliteStore:
     """One writer connection on its own thread, fed by a queue; one reader connection."""
 
     dialect = "sqlite"
+    # Told the size of each write batch (the application's metrics); None: nobody asks.
+    on_batch: Callable[[int], None] | None = None
 
     def __init__(self, writer: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
         self.writer = SyncConnection(writer)
@@ -289,6 +291,8 @@ class SqliteStore:
                 batch.append(more)  # type: ignore[arg-type]
             batch = [p for p in batch if not p.future.cancelled()]
             if batch:
+                if self.on_batch is not None:  # the application's metrics
+                    self.on_batch(len(batch))
                 await self._apply_batch(batch)
             if closing:
                 return

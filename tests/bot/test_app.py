@@ -52,25 +52,40 @@ def test_invite_url_has_exactly_the_scopes_and_permissions() -> None:
     assert not PERMISSIONS.administrator and not PERMISSIONS.mention_everyone
 
 
-async def test_sidecar_serves_avatars_and_health(
+async def test_sidecar_serves_avatars_by_unguessable_name_only(
     app_config: Config, services: Services, owner: CommandRunner
 ) -> None:
+    """Issue 10 finding 12: `/avatars/{agent id}.png` served anyone's avatar."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         app_config.webhooks.port = s.getsockname()[1]
+    app_config.webhooks.public_url = "https://bot.example"
     bot = AgentBot(app_config, services)
     await bot.load_cogs()
     await owner.run('/agent create name:Nova prompt:"An astronomer"')
     await owner.run("/avatar generate agent:Nova")
     agent: Any = await services.repo.agent("guild:1000", "Nova")
+    first, _ = bot.avatar_of(agent)
+    assert first is not None and first.startswith("https://bot.example/avatars/")
+    name = first.rsplit("/", 1)[1]
+    assert str(agent.id) not in name.split(".")[0].split("-") and len(name) >= 24 + 4
     runner = await bot._start_sidecar()
     try:
         base = f"http://127.0.0.1:{app_config.webhooks.port}"
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/avatars/{agent.id}.png") as response:
+            async with http.get(f"{base}/avatars/{name}") as response:
                 assert response.status == 200 and (await response.read()).startswith(b"\x89PNG")
-            async with http.get(f"{base}/avatars/999999.png") as response:
-                assert response.status == 404
+            for guess in (f"{agent.id}.png", "1.png", "999999.png", "..%2Fbot.db"):
+                async with http.get(f"{base}/avatars/{guess}") as response:
+                    assert response.status == 404, guess
+            await owner.run("/avatar generate agent:Nova")  # a new version: a new URL
+            agent = await services.repo.agent("guild:1000", "Nova")
+            second, _ = bot.avatar_of(agent)
+            assert second is not None and second != first
+            async with http.get(f"{base}/avatars/{second.rsplit('/', 1)[1]}") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/avatars/{name}") as response:
+                assert response.status == 404  # the replaced file is gone
             async with http.get(f"{base}/healthz") as response:
                 assert (await response.json())["database"] is True
     finally:

@@ -52,6 +52,9 @@ FAILURES = {
     "moderation_blocked",
     "malformed",
     "missing_fields",
+    "401",  # a wrong key
+    "403",  # a key without access to the model
+    "404",  # an unknown model
 }
 MISSING = object()  # in usage_override: leave the field out
 _WORD = re.compile(r"\w+")

@@ -121,7 +121,7 @@ async def _worker(
 async def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     meter_log = logging.getLogger("bot.core.metering")
-    meter_log.setLevel(logging.INFO)
+    meter_log.setLevel(logging.DEBUG)  # its steps are DEBUG lines (one INFO per call)
     meter_log.addHandler(_Progress())
     meter_log.propagate = False  # standard error keeps the warnings only
     line = await asyncio.to_thread(sys.stdin.readline)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +138,9 @@ class AvatarService:
         return AvatarResult(updated, png, 0, balance.available)
 
     def _new_path(self, agent: Agent) -> Path:
-        return self.folder / f"{agent.id}-{uuid.uuid4().hex[:12]}.png"
+        # A random name per version, no agent id in it: the sidecar serves avatars by
+        # file name, so the name is the URL and must not be guessable (bot/http/avatars).
+        return self.folder / f"{secrets.token_urlsafe(18)}.png"
 
     def remove_file(self, agent: Agent) -> None:
         """Delete a deleted agent's avatar file."""
@@ -162,7 +164,7 @@ class AvatarService:
             if path:
                 try:
                     Path(path).unlink(missing_ok=True)
-                    log.info("🗑️ Deleted old avatar %s", Path(path).name)
+                    log.debug("🗑️ Deleted old avatar %s", Path(path).name)
                 except OSError as error:
                     log.warning("could not delete old avatar %s: %s", path, error)
 

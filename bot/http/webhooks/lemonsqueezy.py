@@ -80,7 +80,7 @@ def route(config: Config, ledger: Ledger, notifier: Notifier | None) -> Handler:
             outcome.account_id or "",
         )
         if notifier is not None and outcome.plan_changed and outcome.account_id:
-            task = asyncio.ensure_future(notify(notifier, outcome))
+            task = asyncio.ensure_future(notify(notifier, outcome, config))
             notifying.add(task)  # keep a reference until it is done
             task.add_done_callback(notifying.discard)
         return web.json_response({"ok": True, "outcome": outcome.outcome})
@@ -88,10 +88,10 @@ def route(config: Config, ledger: Ledger, notifier: Notifier | None) -> Handler:
     return lemonsqueezy
 
 
-async def notify(notifier: Notifier, outcome: Outcome) -> None:
+async def notify(notifier: Notifier, outcome: Outcome, config: Config) -> None:
     assert outcome.account_id is not None and outcome.plan_after is not None
     if outcome.plan_after == "pro":
-        message = "🎉 Pro is active: 10,000,000 tokens a month and unlimited agents. Thank you!"
+        message = f"🎉 Pro is active: {config.plans.pro.summary}. Thank you!"
     else:
         message = "Your Pro subscription has ended; this account is back on the free plan."
     try:

@@ -1,0 +1,48 @@
+"""What this process measures for `/metrics` (bot/http/metrics.py), in a registry of its
+own so that every Services instance (the tests make many) counts only its own work.
+
+Figures the ledger already holds (tokens charged, holds pending, webhook events) are read
+from the database at each scrape instead (bot/http/metrics.py): they are then the same
+in every process, the standalone sidecar included, and equal the ledger's by
+construction. Here are only what no table records: paid calls by outcome, the AI call's
+latency by operation, and the sizes of the ledger's write batches."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# From a cached embedding to a slow image generation.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.paid_calls = Counter(
+            "bot_paid_calls",
+            "Metered calls by operation and outcome (ok, partial, failed, refused)",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.ai_latency = Histogram(
+            "bot_ai_call_seconds",
+            "Wall-clock time of the AI call of a metered operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.write_batches = Histogram(
+            "bot_ledger_write_batch_size",
+            "Operations committed together in one ledger transaction",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def paid_call(self, operation: str, outcome: str, seconds: float | None) -> None:
+        self.paid_calls.labels(operation, outcome).inc()
+        if seconds is not None:
+            self.ai_latency.labels(operation).observe(seconds)
+
+    def write_batch(self, size: int) -> None:
+        self.write_batches.observe(size)

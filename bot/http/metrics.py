@@ -1,0 +1,99 @@
+"""`GET /metrics`: Prometheus's text format, through prometheus-client.
+
+- From the database at each scrape, so every process reports the same and the figures
+  equal the ledger's: `bot_tokens_charged_total{operation, plan}` (charged tokens of
+  the audit log; plan is the account's plan now), `bot_holds_pending` and
+  `bot_tokens_held` (holds not yet settled), `bot_webhook_events_total{outcome}`.
+- From this process (bot/core/telemetry.py): paid calls by outcome, AI latency by
+  operation, ledger write batch sizes. In `run` that is the bot's work; the standalone
+  sidecar counts only its own batches.
+
+Served on the sidecar's listener, or on `metrics.host:metrics.port` alone when a port is
+set (keep it off the public address); with `METRICS_TOKEN` set, only to
+`Authorization: Bearer <token>`."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bot.config import Config
+from bot.core.telemetry import Telemetry
+from ledger import Ledger
+
+PATH = "/metrics"
+
+
+class _Figures(Collector):
+    """The ledger's figures as read for one scrape."""
+
+    def __init__(
+        self,
+        charged: list[tuple[str, str, int]],
+        pending: tuple[int, int],
+        webhooks: list[tuple[str, int]],
+    ) -> None:
+        self.charged, self.pending, self.webhooks = charged, pending, webhooks
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        tokens = CounterMetricFamily(
+            "bot_tokens_charged",
+            "Tokens charged (the ledger's audit log), by operation and the account's plan",
+            labels=["operation", "plan"],
+        )
+        for operation, plan, total in self.charged:
+            tokens.add_metric([operation, plan], total)
+        yield tokens
+        yield GaugeMetricFamily("bot_holds_pending", "Holds not yet settled", self.pending[0])
+        yield GaugeMetricFamily(
+            "bot_tokens_held", "Tokens set aside by pending holds", self.pending[1]
+        )
+        events = CounterMetricFamily(
+            "bot_webhook_events", "Signed webhook events received, by outcome", labels=["outcome"]
+        )
+        for outcome, count in self.webhooks:
+            events.add_metric([outcome], count)
+        yield events
+
+
+async def _figures(ledger: Ledger) -> _Figures:
+    read = ledger.store.reader.execute_fetchall
+    charged = await read(
+        "SELECT t.operation_type, COALESCE(u.plan_type, 'free'), SUM(t.tokens_used)"
+        " FROM token_usage t LEFT JOIN usage_limits u ON u.account_id = t.account_id"
+        " WHERE t.status = 'charged' GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    pending = await read(
+        "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM holds WHERE status = 'pending'"
+    )
+    webhooks = await read("SELECT outcome, COUNT(*) FROM webhook_events GROUP BY 1 ORDER BY 1")
+    return _Figures(
+        [(str(o), str(p), int(n)) for o, p, n in charged],
+        (int(pending[0][0]), int(pending[0][1])),
+        [(str(o), int(n)) for o, n in webhooks],
+    )
+
+
+def metrics_handler(config: Config, ledger: Ledger, telemetry: Telemetry):  # type: ignore[no-untyped-def]
+    token = config.secrets.metrics_token
+
+    async def metrics(request: web.Request) -> web.Response:
+        if token is not None:
+            given = request.headers.get("Authorization", "").encode()
+            expected = f"Bearer {token.get_secret_value()}".encode()
+            if not hmac.compare_digest(given, expected):
+                return web.Response(status=401, text="a bearer token is required\n")
+        scrape = CollectorRegistry()
+        scrape.register(await _figures(ledger))
+        body = generate_latest(scrape) + generate_latest(telemetry.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
+def add_metrics(app: web.Application, config: Config, ledger: Ledger, telemetry: Telemetry) -> None:
+    app.router.add_get(PATH, metrics_handler(config, ledger, telemetry))
