@@ -163,3 +163,24 @@ async def test_secure_delete_is_off_unless_the_configuration_asks(app_config: Co
             assert raw.execute("PRAGMA secure_delete").fetchone()[0] == int(wanted)
         finally:
             await opened.close()
+
+
+def test_the_bot_process_runs_blas_on_one_thread() -> None:
+    import subprocess
+    import sys
+
+    from tests.children import bot_env
+
+    env = {k: v for k, v in bot_env().items() if not k.endswith("_NUM_THREADS")}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import bot.__main__, os; print(os.environ['OPENBLAS_NUM_THREADS'])",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert shown.strip() == "1"
