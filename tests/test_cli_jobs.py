@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import Progress
+from tests.test_check_online import TOKEN
 from tests.test_cli import db, run, spend
 
 __all__ = ["db"]  # the fixture, shared with tests/test_cli.py
@@ -38,8 +39,11 @@ def test_verify_and_full_verify_and_no_progress_off_a_terminal(
 
 
 def test_check_verifies_only_what_changed_since_the_last_clean_run(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What `run` needs is present, so check's exit code speaks of the ledger alone.
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     spend(db, "user:1", 100)
     code, out, _ = run(capsys, "check")
     assert code == 0 and "never verified" in out

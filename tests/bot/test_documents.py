@@ -195,7 +195,7 @@ async def test_the_full_text_index_follows_uploads_removals_and_failures(
     await _upload(owner, "comets.md", b"Comets grow tails near the Sun.")
     chunks, indexed = await _fts_consistent(services)
     assert chunks == indexed == 2 and await _matching(services, "pulsars") == 1
-    await owner.run("/docs remove agent:Nova document:pulsars.md")
+    await owner.run("/docs remove agent:Nova document:pulsars.md confirm:yes")
     assert await _fts_consistent(services) == (1, 1)
     assert await _matching(services, "pulsars") == 0 and await _matching(services, "comets") == 1
     # A failed upload (the second embedding batch fails) leaves the index as it was.

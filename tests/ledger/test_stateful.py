@@ -246,6 +246,7 @@ class LedgerMachine(RuleBasedStateMachine):
         roles=st.sampled_from([(), (ROLE,)]),
     )
     def reserve(self, account_id: str, amount: int, user: str, roles: tuple[str, ...]) -> Any:
+        existed = account_id in self.accounts
         account = self.touch(account_id)
         member = self.member(account_id, user)
         cap = self.cap_of(account_id, user, roles)
@@ -256,6 +257,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.ledger.reserve(account_id, amount, "chat", user_id=user, roles=roles)
             )
         except MemberCapReached as capped:
+            if not existed:  # a refused op keeps nothing it wrote, the account included
+                del self.accounts[account_id]
             assert not within, f"capped at {cap} with {member.used + member.held} spent"
             assert (capped.needed, capped.used, capped.cap) == (
                 amount,
@@ -264,6 +267,8 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             return multiple()
         except InsufficientTokens as refused:
+            if not existed:  # a refused op keeps nothing it wrote, the account included
+                del self.accounts[account_id]
             assert within, f"{amount} passed the pool over a cap of {cap}"
             assert not can, f"refused {amount} with {account.available()} available"
             assert (refused.needed, refused.available, refused.plan) == (
