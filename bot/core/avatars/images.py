@@ -24,6 +24,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bot.core.sizes import readable_size
 from bot.errors import InvalidInput
 
 __all__ = [
@@ -55,7 +56,6 @@ ACCEPTED = "PNG, JPEG, WEBP or GIF"
 _PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 _OPENED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF"}
 
-_MB = 1024 * 1024
 # Serializes the swap of the process-wide warning filters (catch_warnings is not
 # thread-safe before Python 3.14); only the header parse runs under it, which is fast.
 _OPEN_LOCK = threading.Lock()
@@ -86,7 +86,7 @@ def normalize_chat_image(data: bytes, *, max_bytes: int, side: int) -> tuple[byt
     if not data:
         raise InvalidInput(f"That file is empty. Please send a {ACCEPTED} image.")
     if len(data) > max_bytes:
-        limit = _size(max_bytes)
+        limit = readable_size(max_bytes)
         raise InvalidInput(f"That image is larger than {limit}; images can be at most {limit}.")
     if _sniff(data) is None:
         raise InvalidInput(_unsupported(data))
@@ -132,7 +132,7 @@ def _normalize(data: bytes, *, max_bytes: int, what: str) -> bytes:
     if not data:
         raise InvalidInput(f"That file is empty. Please upload a {ACCEPTED} image.")
     if len(data) > max_bytes:
-        limit = _size(max_bytes)
+        limit = readable_size(max_bytes)
         raise InvalidInput(f"That image is larger than {limit}; {what} can be at most {limit}.")
     kind = _sniff(data)
     if kind is None:
@@ -297,13 +297,3 @@ def _too_many_pixels(size: tuple[int, int] | None) -> str:
         f"That image is {width:,}×{height:,} pixels, more than the {limit} we can "
         "process. Please upload a smaller picture."
     )
-
-
-def _size(n: int) -> str:
-    """A byte count as members read it: "8 MB", "1.5 MB", "500 KB"."""
-    if n >= _MB:
-        value = n / _MB
-        return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
-    if n >= 1024:
-        return f"{n // 1024} KB"
-    return f"{n} bytes"

@@ -12,12 +12,12 @@ that expands to gigabytes of text is refused as too much content, and quickly.
 from __future__ import annotations
 
 from bot.core.documents.readers import ACCEPTED, Extracted, Kind, Limits, Progress, read
+from bot.core.sizes import readable_size
 from bot.errors import InvalidInput
 
 __all__ = ["ACCEPTED", "MAX_PDF_TEXT_CHARS", "Extracted", "Kind", "Progress", "extract", "limits"]
 
 MAX_PDF_TEXT_CHARS = 10_000_000
-_MB = 1024 * 1024
 
 
 def limits(max_bytes: int, max_pages: int) -> Limits:
@@ -29,7 +29,7 @@ def check_size(data: bytes, max_bytes: int) -> None:
     if not data:
         raise InvalidInput(f"That file is empty. Please upload {ACCEPTED}.")
     if len(data) > max_bytes:
-        limit = _size(max_bytes)
+        limit = readable_size(max_bytes)
         raise InvalidInput(f"That file is larger than {limit}; documents can be at most {limit}.")
 
 
@@ -44,13 +44,3 @@ def extract(
     """Read the text of a document; raise `InvalidInput` to refuse it. Blocking."""
     check_size(data, max_bytes)
     return read(data, filename, limits(max_bytes, max_pages), progress)
-
-
-def _size(n: int) -> str:
-    """A byte count as members read it: "10 MB", "1.5 MB", "500 KB"."""
-    if n >= _MB:
-        value = n / _MB
-        return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
-    if n >= 1024:
-        return f"{n // 1024} KB"
-    return f"{n} bytes"
