@@ -33,7 +33,7 @@ from bot.front.replies import (
     insufficient_embed,
     reply,
 )
-from bot.front.streaming import EditBudget, Gone, LiveAnswer, Surface
+from bot.front.streaming import EditBudget, Gone, LiveAnswer, Pace, Surface
 from cogs._base import FeatureCog, agent_names
 from ledger import InsufficientTokens
 
@@ -63,7 +63,10 @@ class ChatCog(FeatureCog):
     def __init__(self, bot: Any) -> None:
         super().__init__(bot)
         settings = bot.config.chat
-        self.budget = EditBudget(settings.channel_edits, settings.channel_window_seconds)
+        self.pace: Pace = bot.pace
+        self.budget = EditBudget(
+            settings.channel_edits, settings.channel_window_seconds, self.pace.clock
+        )
         self.webhooks = WebhookCache()
         self.running: dict[int, set[asyncio.Task[Any]]] = {}  # thread id -> its answers
         self._rules: dict[int, tuple[CommandRules, float]] = {}
@@ -143,6 +146,8 @@ class ChatCog(FeatureCog):
             getattr(channel, "id", 0),
             self.budget,
             interval=settings.edit_interval_seconds,
+            clock=self.pace.clock,
+            sleep=self.pace.sleep,
         )
         task = asyncio.current_task()
         key = getattr(channel, "id", None)
@@ -194,6 +199,8 @@ class ChatCog(FeatureCog):
                 live.channel_id,
                 self.budget,
                 interval=live.interval,
+                clock=self.pace.clock,
+                sleep=self.pace.sleep,
             )
             fallback.text = live.text
             try:

@@ -29,6 +29,7 @@ from bot.config import Config
 from bot.core.repository import Agent
 from bot.front.alerts import deliver_alert
 from bot.front.replies import report_error
+from bot.front.streaming import Pace
 from bot.http.avatars import avatar_url
 from bot.http.sidecar import listening_on, start_sidecar
 from bot.services import Services
@@ -101,6 +102,10 @@ class AgentTree(app_commands.CommandTree):
 
 
 class AgentBot(commands.Bot):
+    # What the chat's throttles time and wait with: real time. The tests replace it with
+    # a clock that jumps over each wait, so that answers keep the rules without the delay.
+    pace = Pace()
+
     def __init__(self, config: Config, services: Services | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
