@@ -83,6 +83,7 @@ async def test_the_console_prints_a_streamed_answer_as_it_comes(
     tmp_path: Path, app_config: Config, services: Services, fake_openai: Any
 ) -> None:
     services.config.chat.edit_interval_seconds = 0.2
+    services.config.chat.channel_edits = 100  # the channel's budget is not this test's: no wait
     fake_openai.chunk_delay = 0.01
     answer = " ".join(f"word{i}" for i in range(80))
     fake_openai.chat_answer = answer
