@@ -3,7 +3,9 @@ standard input, one a line, run through the very same cogs as the bot; prints wh
 bot would send, with Discord's markup rendered as the client shows it (bot/front/markup).
 In a server the user is its owner, or with `--member` a member without Manage Server.
 Files the bot would attach are saved into `--out` once per content, and their paths
-printed. Interactive, it greets with a banner; `/help` lists the commands."""
+printed. Interactive, it greets with a banner. `/help` runs the real /help (every command
+with its cost, the plan, the balance, the upgrade link) as text, then how each command is
+typed here; `help` alone prints only the latter."""
 
 from __future__ import annotations
 
@@ -92,9 +94,12 @@ def banner(user_id: int, guild_id: int | None, member: bool) -> str:
         where = f"user {user_id} in server {guild_id}, as {role}"
     return (
         f"Agent bot console: slash commands as {where}.\n"
-        '/help lists the commands; e.g. /agent create name:Nova prompt:"You are kind". '
-        "Ctrl-D quits."
+        "/help lists the commands with their costs and your plan; "
+        'e.g. /agent create name:Nova prompt:"You are kind". Ctrl-D quits.'
     )
+
+
+CONSOLE_SYNTAX = "\nTyped here (options as name:value, optional ones in brackets):\n"
 
 
 def help_text(bot: AgentBot, guild_id: int | None) -> str:
@@ -156,11 +161,13 @@ async def run_console(
             if not line or line.startswith("#"):
                 continue
             print(f"> {line}", file=output)
-            if line in {"/help", "help"}:
+            if line == "help":
                 print(help_text(bot, guild_id), file=output, flush=True)
                 continue
             try:
                 await runner.run(line)  # the printer shows each answer as it comes
+                if line == "/help":  # /help's costs and plan, then how to type each here
+                    print(CONSOLE_SYNTAX + help_text(bot, guild_id), file=output, flush=True)
             except UsageError as error:
                 print(f"error: {error}", file=output)
                 continue
