@@ -26,8 +26,9 @@ from bot.services import Services
 from ledger import BalanceAlert
 
 
-def render(sent: Sent, out_dir: Path) -> str:
-    """One answer as the member would read it."""
+def render(sent: Sent, out_dir: Path, *, text_last: bool = False) -> str:
+    """One answer as the member would read it. `text_last`: its files before its text, so
+    edits that extend the text can go on printing on the same line."""
     if sent.kind == "defer":
         return "(thinking…)"
     if sent.kind == "modal":
@@ -35,12 +36,15 @@ def render(sent: Sent, out_dir: Path) -> str:
     lines = []
     if sent.ephemeral:
         lines.append("(only you can see this)")
+    files = [f"file: {save(file, out_dir)}" for file in sent.files]
+    if text_last:
+        lines += files
     if sent.text():
         lines.append(plain(sent.text()))
     for label, url in sent.buttons():
         lines.append(f"[{label}]({url})" if url else f"[{label}]")
-    for file in sent.files:
-        lines.append(f"file: {save(file, out_dir)}")
+    if not text_last:
+        lines += files
     return "\n".join(lines)
 
 
@@ -65,7 +69,12 @@ class StreamPrinter:
         if self.mid_line:
             print(file=self.output)
             self.mid_line = False
-        print(render(sent, self.out_dir), file=self.output, flush=True)
+        streamable = sent.kind == "followup" and bool(now) and not sent.buttons()
+        # A message that may grow (a streamed answer) ends on its text, with no newline:
+        # the edits that extend it continue the line.
+        shown = render(sent, self.out_dir, text_last=streamable)
+        print(shown, end="" if streamable else "\n", file=self.output, flush=True)
+        self.mid_line = streamable
         self.shown[id(sent.of or sent)] = now
 
     def end(self) -> None:
