@@ -364,8 +364,8 @@ def run(quick: bool) -> list[Figure]:
     with tempfile.TemporaryDirectory() as folder:
         before = _before_tree(folder)
         if quick:
-            results = measure([0.0], [concurrent], seconds=3.0, repeats=1, before=before)
-            info = logging_cost(concurrent, 3.0, 1)
+            results = measure([0.0], [concurrent], seconds=2.0, repeats=1, before=before)
+            info = logging_cost(concurrent, 2.0, 1)
         else:
             results = measure([0.0, 0.1], [200, 500], seconds=8.0, repeats=3, before=before)
             info = logging_cost(concurrent, 8.0, 3)

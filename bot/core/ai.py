@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import openai
@@ -125,7 +125,7 @@ class AIGateway:
                 model=model,
                 prompt=prompt,
                 n=1,
-                size=self.settings.image_size,  # type: ignore[arg-type]
+                size=self.settings.image_size,
             )
         data = answer.data[0].b64_json if answer.data else None
         if not data:  # GPT image models answer in base64 only; we never fetch a URL
@@ -345,7 +345,7 @@ class _mapped:
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
-    ) -> bool:
+    ) -> Literal[False]:
         if error is None or not isinstance(error, Exception):
             return False
         if isinstance(error, openai.BadRequestError) and error.code in _POLICY_CODES:
