@@ -33,7 +33,7 @@ from bot.front.replies import (
     insufficient_embed,
     reply,
 )
-from bot.front.streaming import EditBudget, Gone, LiveAnswer, Pace, Surface
+from bot.front.streaming import Clock, EditBudget, Gone, LiveAnswer, Sleep, Surface
 from cogs._base import FeatureCog, agent_names
 from ledger import InsufficientTokens
 
@@ -63,9 +63,12 @@ class ChatCog(FeatureCog):
     def __init__(self, bot: Any) -> None:
         super().__init__(bot)
         settings = bot.config.chat
-        self.pace: Pace = bot.pace
+        # The clock and sleep of every streamed answer (tests give a virtual pair, so the
+        # throttling they exercise costs no wall-clock time).
+        self.clock: Clock = time.monotonic
+        self.sleep: Sleep = asyncio.sleep
         self.budget = EditBudget(
-            settings.channel_edits, settings.channel_window_seconds, self.pace.clock
+            settings.channel_edits, settings.channel_window_seconds, lambda: self.clock()
         )
         self.webhooks = WebhookCache()
         self.running: dict[int, set[asyncio.Task[Any]]] = {}  # thread id -> its answers
@@ -146,8 +149,8 @@ class ChatCog(FeatureCog):
             getattr(channel, "id", 0),
             self.budget,
             interval=settings.edit_interval_seconds,
-            clock=self.pace.clock,
-            sleep=self.pace.sleep,
+            clock=self.clock,
+            sleep=self.sleep,
         )
         task = asyncio.current_task()
         key = getattr(channel, "id", None)
@@ -199,8 +202,8 @@ class ChatCog(FeatureCog):
                 live.channel_id,
                 self.budget,
                 interval=live.interval,
-                clock=self.pace.clock,
-                sleep=self.pace.sleep,
+                clock=self.clock,
+                sleep=self.sleep,
             )
             fallback.text = live.text
             try:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bot.front.app import AgentBot
-from bot.front.streaming import Pace
 from ledger import Ledger, ManualClock
 from tests.stores import STORES, drop_lent_schemas, migrated_schema
 
@@ -35,30 +32,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-class Warp:
-    """Real time plus every wait slept on it: a sleep returns at once and moves the clock
-    past its end. The throttles of streamed answers (an edit per interval, so many per
-    channel per window) keep their rules on this clock, and no test waits them out."""
-
-    def __init__(self) -> None:
-        self.ahead = 0.0
-
-    def clock(self) -> float:
-        return time.monotonic() + self.ahead
-
-    async def sleep(self, seconds: float) -> None:
-        self.ahead += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(autouse=True)
-def warp(monkeypatch: pytest.MonkeyPatch) -> Warp:
-    """Bots made in this process (the stand-in's, the console's) run on a fresh Warp."""
-    warped = Warp()
-    monkeypatch.setattr(AgentBot, "pace", Pace(warped.clock, warped.sleep))
-    return warped
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 
+from bot import heap
 from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
 from bot.core.repository import Agent
 from bot.front.alerts import deliver_alert
 from bot.front.replies import report_error
-from bot.front.streaming import Pace
 from bot.http.avatars import avatar_url
 from bot.http.sidecar import listening_on, start_sidecar
 from bot.services import Services
@@ -102,10 +102,6 @@ class AgentTree(app_commands.CommandTree):
 
 
 class AgentBot(commands.Bot):
-    # What the chat's throttles time and wait with: real time. The tests replace it with
-    # a clock that jumps over each wait, so that answers keep the rules without the delay.
-    pace = Pace()
-
     def __init__(self, config: Config, services: Services | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -136,6 +132,8 @@ class AgentBot(commands.Bot):
         await self._load_owners()
         self.services.ledger.start_maintenance()
         self.sidecar = await self._start_sidecar()
+        frozen = heap.settle(self.config)
+        log.debug("start-up heap frozen: %d objects", frozen)
         # Several `run` processes (shards on several hosts) share the database: one of
         # them syncs the commands, the others would only repeat it against the rate limit.
         if not await self.services.ledger.lead("commands"):

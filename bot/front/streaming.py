@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import discord
@@ -33,15 +32,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Pace:
-    """The clock and the sleep the throttles of a front end run on (its answers' intervals
-    and its channels' budgets), so that both can be replaced together."""
-
-    clock: Clock = time.monotonic
-    sleep: Sleep = asyncio.sleep
 
 
 class Gone(BotError):
