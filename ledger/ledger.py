@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ledger import members, queries
+from ledger import members, queries, totals
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
 from ledger.alerts import alerts_in
@@ -522,6 +522,17 @@ class Ledger:
                 hold_id if late else None,
             ),
         )
+        if row_status == "charged":
+            await totals.add_in(
+                conn,
+                account_id,
+                row["period_seq"],
+                user_id=hold["user_id"],
+                agent=hold["agent"],
+                operation=hold["operation_type"],
+                created_at=to_text(now),
+                tokens=actual,
+            )
         if hold["user_id"] is not None:
             await members.settle_in(
                 conn, account_id, hold["user_id"], row["period_seq"], freed, actual

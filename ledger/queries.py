@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import IO, Any
 
-from ledger import members
+from ledger import members, totals
 from ledger.accounts import Plan, available
 from ledger.clock import from_text, to_text
 from ledger.members import MemberSpending
@@ -83,43 +83,24 @@ async def member_spending(
     return MemberSpending(account_id, user_id, used, held, cap)
 
 
-# What `usage_by` groups the period's charges by: a column of the audit log each.
-USAGE_KEYS = {
-    "member": "user_id",
-    "agent": "agent",
-    "operation": "operation_type",
-    "day": "substr(created_at, 1, 10)",
-}
+# What `usage_by` groups the period's charges by: the kinds of ledger/totals.py.
+USAGE_KEYS = tuple(totals.KINDS)
 
 
 async def usage_by(
     conn: Connection, account_id: str, by: str, now: datetime
 ) -> list[tuple[str | None, int]]:
     """This period's charges grouped by member, agent, operation or day (YYYY-MM-DD):
-    the largest first, days in order. A None key: charges with no member or agent."""
-    key = USAGE_KEYS[by]
+    the largest first, days in order. A None key: charges with no member or agent.
+    Read from the period's counters: its cost does not grow with the account's rows."""
     row = await _row(conn, account_id)
     if row is None or _effective(row, now)[1]:
         return []
-    order = "1" if by == "day" else "2 DESC, 1"
-    rows = await conn.execute_fetchall(
-        f"SELECT {key}, SUM(tokens_used) FROM token_usage WHERE account_id = ?"
-        f" AND period_seq = ? AND status = 'charged' GROUP BY 1 ORDER BY {order}",
-        (account_id, row["period_seq"]),
-    )
-    return [(r[0], int(r[1])) for r in rows]
+    return await totals.read(conn, account_id, row["period_seq"], by)
 
 
 async def usage_by_operation(conn: Connection, account_id: str, now: datetime) -> dict[str, int]:
-    row = await _row(conn, account_id)
-    if row is None or _effective(row, now)[1]:
-        return {}
-    rows = await conn.execute_fetchall(
-        "SELECT operation_type, SUM(tokens_used) FROM token_usage WHERE account_id = ?"
-        " AND period_seq = ? AND status = 'charged' GROUP BY operation_type ORDER BY 2 DESC",
-        (account_id, row["period_seq"]),
-    )
-    return {r[0]: int(r[1]) for r in rows}
+    return {str(k): n for k, n in await usage_by(conn, account_id, "operation", now)}
 
 
 _USAGE_COLUMNS = (
