@@ -4,7 +4,7 @@ its next write will leave it (usage back to 0), without rolling it over here."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import IO, Any
 
@@ -129,13 +129,17 @@ async def export_csv(
 ) -> int:
     """The audit log as CSV, through the last row committed when it starts.
 
-    Keyset pages (`id > last`), each its own short read: a long export never holds one
-    snapshot, which would pin every WAL page written while it runs. The log is
+    Keyset pages (`id > last`; on SQLite, id ranges), each its own short read: a long
+    export never holds one snapshot, which would pin every WAL page written while it
+    runs. The log is
     append-only, so the pages together are exactly the log as it was at the start.
     """
     writer = csv.writer(out)
     writer.writerow([c.strip() for c in _USAGE_COLUMNS.split(",")])
     top = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM token_usage"))[0][0]
+    run = getattr(conn, "run", None)  # SQLite's reader pool: a page streamed on its thread
+    if run is not None:
+        return await _export_streamed(run, writer, top, page, progress)
     last, count = 0, 0
     while last < top:
         async with conn.execute(
@@ -153,3 +157,48 @@ async def export_csv(
         if progress:
             progress(last, top)
     return count
+
+
+async def _export_streamed(
+    run: Callable[[Callable[[Any], int]], Awaitable[int]],
+    writer: Any,
+    top: int,
+    page: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """On SQLite: each page runs whole on a reader thread, rows going from the cursor
+    straight into the CSV writer, as a bare sqlite3 loop does. Fetching each page into a
+    list on the reader's thread and writing it on the loop's cost 1.27x the bare loop at
+    10^6 rows: 20k rows of tuples alive at once (and the collector's passes over them),
+    on top of the row-by-row work. Pages are id ranges, each one statement: its own
+    short snapshot, as above."""
+
+    def one_page(raw: Any, low: int, high: int) -> int:
+        cursor = raw.cursor()
+        try:
+            cursor.row_factory = None  # plain tuples: csv needs no column names
+            rows = cursor.execute(
+                f"SELECT {_USAGE_COLUMNS} FROM token_usage WHERE id > ? AND id <= ? ORDER BY id",
+                (low, high),
+            )
+            tally = [0]
+            writer.writerows(_counted(rows, tally))
+            return tally[0]
+        finally:
+            cursor.close()
+
+    low, count = 0, 0
+    while low < top:
+        high = min(top, low + page)
+        count += await run(lambda raw, low=low, high=high: one_page(raw, low, high))
+        low = high
+        if progress:
+            progress(low, top)
+    return count
+
+
+def _counted(rows: Iterable[Any], tally: list[int]) -> Iterator[Any]:
+    """The rows passed through, counted in tally[0] (a generator: the cheapest per row)."""
+    for row in rows:
+        tally[0] += 1
+        yield row
