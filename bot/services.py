@@ -77,6 +77,7 @@ class Services:
         ledger.store.on_batch = telemetry.write_batch
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo)
+        telemetry.watch_retrieval(retriever.stats, ledger.store.reader)
         balances = BalanceService(config, ledger)
         services = cls(
             config=config,

@@ -458,15 +458,47 @@ class Repository:
         )
         return DocumentsVersion(int(rows[0][0]), bool(rows[0][1])) if rows else None
 
-    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes, bool]]:
-        """(id, float32 embedding, boilerplate) of this agent's chunks."""
-        rows = await self.store.reader.execute_fetchall(
-            "SELECT c.id, c.embedding, c.boilerplate FROM chunks c"
-            " JOIN agents a ON a.id = c.agent_id"
-            " WHERE c.agent_id = ? AND a.account_id = ? ORDER BY c.id",
-            (agent_id, account_id),
+    async def chunk_matrix(self, account_id: str, agent_id: int) -> ChunkMatrix | None:
+        """The agent's documents version and every chunk's (id, embedding, boilerplate),
+        the embeddings as one contiguous buffer, all read in one snapshot (so the version
+        is the one of these vectors). None when the account has no such agent.
+
+        On SQLite the whole read is one job on a reader thread: the blobs are copied
+        into the buffer as the cursor yields them, and nothing per chunk crosses to the
+        event loop. On PostgreSQL the server concatenates them (string_agg): one value."""
+        if self.store.dialect == "postgresql":
+            return await self._chunk_matrix_pg(account_id, agent_id)
+        run = self.store.reader.run
+        return await run(lambda raw: _chunk_matrix_sqlite(raw, account_id, agent_id))
+
+    async def _chunk_matrix_pg(self, account_id: str, agent_id: int) -> ChunkMatrix | None:
+        reader = self.store.reader
+        await reader.execute("BEGIN")
+        try:
+            rows = await reader.execute_fetchall(
+                "SELECT documents_version FROM agents WHERE id = ? AND account_id = ?",
+                (agent_id, account_id),
+            )
+            if not rows:
+                return None
+            (found,) = await reader.execute_fetchall(
+                "SELECT MIN(length(embedding)), MAX(length(embedding)),"
+                " array_agg(id ORDER BY id), array_agg(id) FILTER (WHERE boilerplate != 0),"
+                " string_agg(embedding, ''::bytea ORDER BY id) FROM chunks WHERE agent_id = ?",
+                (agent_id,),
+            )
+        finally:
+            await reader.execute("COMMIT")
+        shortest, longest, ids, boilerplate, vectors = found
+        if shortest != longest:
+            raise ValueError(f"agent {agent_id}'s embeddings differ in size")
+        return ChunkMatrix(
+            int(rows[0][0]),
+            [int(i) for i in ids or ()],
+            bytearray(vectors or b""),
+            int(longest or 0),
+            frozenset(int(i) for i in boilerplate or ()),
         )
-        return [(int(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
 
     async def chunk_texts(
         self, account_id: str, agent_id: int, chunk_ids: list[int]
@@ -639,6 +671,57 @@ def _id_text(value: int | None) -> str | None:
 class DocumentsVersion:
     version: int
     has_chunks: bool
+
+
+@dataclass(frozen=True)
+class ChunkMatrix:
+    """An agent's embeddings as read for retrieval: row i of `vectors` is chunk ids[i]."""
+
+    version: int  # the agent's documents_version these vectors are of
+    ids: list[int]  # ascending
+    vectors: bytearray  # len(ids) rows of `width` bytes each (float32, little-endian)
+    width: int  # bytes per row (0 when there are no chunks)
+    boilerplate: frozenset[int]  # chunk ids
+
+
+def _chunk_matrix_sqlite(raw: Any, account_id: str, agent_id: int) -> ChunkMatrix | None:
+    """On a reader thread, in one read transaction (Repository.chunk_matrix)."""
+    cursor = raw.cursor()
+    cursor.row_factory = None
+    raw.execute("BEGIN")
+    try:
+        found = cursor.execute(
+            "SELECT documents_version FROM agents WHERE id = ? AND account_id = ?",
+            (agent_id, account_id),
+        ).fetchone()
+        if found is None:
+            return None
+        (count,) = cursor.execute(
+            "SELECT COUNT(*) FROM chunks WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        ids: list[int] = []
+        boilerplate: list[int] = []
+        buffer, view, width = bytearray(), memoryview(b""), 0
+        rows = cursor.execute(
+            "SELECT id, embedding, boilerplate FROM chunks WHERE agent_id = ? ORDER BY id",
+            (agent_id,),
+        )
+        for index, (chunk_id, blob, demoted) in enumerate(rows):
+            if index == 0:
+                width = len(blob)
+                buffer = bytearray(count * width)
+                view = memoryview(buffer)
+            if len(blob) != width:
+                raise ValueError(f"agent {agent_id}'s embeddings differ in size")
+            view[index * width : (index + 1) * width] = blob
+            ids.append(chunk_id)
+            if demoted:
+                boilerplate.append(chunk_id)
+        view.release()
+        return ChunkMatrix(int(found[0]), ids, buffer, width, frozenset(boilerplate))
+    finally:
+        cursor.close()
+        raw.execute("COMMIT")
 
 
 class AgentGone(NotFound):

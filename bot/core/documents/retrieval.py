@@ -7,7 +7,12 @@ Chunks marked boilerplate (tables of contents, indexes, licence text) count at a
 fraction, so they reach the prompt only when nothing else matches.
 
 Embeddings are stored as float32 and loaded once per agent into one row-normalised
-matrix, so a query is a single matrix-vector product. The cache is keyed by the agent's
+matrix, so a query is a single matrix-vector product. The load is one read on a reader
+thread into one contiguous buffer (Repository.chunk_matrix), normalised in place on a
+thread; a large agent's product runs on a thread too, so neither stalls the event loop.
+The cache keeps the agents in use (least recently used out first, within a count and a
+byte budget; an agent idle for IDLE_SECONDS leaves), and counts its hits and loads
+(`stats`, reported in /metrics). The cache is keyed by the agent's
 documents version, a counter bumped in the transaction of every change to its documents
 and read (by agent and account) on every query: an upload or a removal, in this process
 or another, invalidates it, and so does deleting the agent. Ids are never reused, and
@@ -18,11 +23,12 @@ ever reach another agent's conversation.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from bot.core.repository import Repository
+from bot.core.repository import ChunkMatrix, Repository
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,18 @@ def fuse(rankings: list[list[int]], demoted: frozenset[int] = frozenset()) -> li
     return sorted(scores, key=lambda c: -scores[c])
 
 
-def _stacked_unit_rows(rows: list[tuple[int, bytes, bool]]) -> np.ndarray:
-    """The blobs as one float32 matrix of unit rows, filled and normalised in place: a
-    large agent's load then peaks at twice its matrix, not four times."""
-    matrix = np.empty((len(rows), len(rows[0][1]) // 4), dtype=np.float32)
-    for index, row in enumerate(rows):
-        matrix[index] = np.frombuffer(row[1], dtype="<f4")  # ValueError if sizes differ
+# An agent this large has its top-k product run on a thread: a 20k-chunk product takes
+# milliseconds the event loop would stall for; below this the thread hop costs more.
+OFF_LOOP_ROWS = 2_000
+# An agent whose matrix no query used for this long leaves the cache at the next lookup:
+# what stays in memory follows the agents in use, not every agent ever asked.
+IDLE_SECONDS = 30 * 60
+
+
+def _unit_rows(loaded: ChunkMatrix) -> np.ndarray:
+    """The contiguous buffer as one float32 matrix of unit rows, normalised in place (a
+    view of the buffer: a large agent's load peaks at once its matrix plus its norms)."""
+    matrix = np.frombuffer(loaded.vectors, dtype="<f4").reshape(len(loaded.ids), -1)
     # Row norms without a squared copy of the whole matrix (np.linalg.norm makes one).
     norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]
     norms[norms == 0] = 1
@@ -97,51 +109,97 @@ def _stacked_unit_rows(rows: list[tuple[int, bytes, bool]]) -> np.ndarray:
     return matrix
 
 
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int  # loads: an agent not cached, or cached at an older documents version
+    agents: int
+    bytes: int
+    load_seconds: float  # spent loading, in all
+
+    @property
+    def hit_rate(self) -> float:
+        asked = self.hits + self.misses
+        return self.hits / asked if asked else 0.0
+
+
 class Retriever:
     def __init__(
-        self, repo: Repository, max_cached_agents: int = 64, max_cached_bytes: int = 256 * 2**20
+        self,
+        repo: Repository,
+        max_cached_agents: int = 64,
+        max_cached_bytes: int = 256 * 2**20,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.repo = repo
         self.max_cached = max_cached_agents
         # Agents differ a thousandfold in size: one may hold its account's 20,000 chunks
         # (117 MiB), so a count alone would let 64 of them keep 7 GiB. The bytes bound it too.
         self.max_cached_bytes = max_cached_bytes
+        self.idle_seconds = idle_seconds
         self._cache: dict[int, _Matrix] = {}
+        self._used: dict[int, float] = {}  # agent -> when a query last used its matrix
+        self.hits = 0
+        self.misses = 0
+        self.load_seconds = 0.0
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            self.hits,
+            self.misses,
+            len(self._cache),
+            sum(m.vectors.nbytes + m.ids.nbytes for m in self._cache.values()),
+            self.load_seconds,
+        )
 
     def invalidate(self, agent_id: int) -> None:
         self._cache.pop(agent_id, None)
+        self._used.pop(agent_id, None)
 
     async def has_chunks(self, account_id: str, agent_id: int) -> bool:
         current = await self.repo.documents_version(account_id, agent_id)
         return current is not None and current.has_chunks
 
+    def _expire(self, now: float) -> None:
+        for agent_id, used in list(self._used.items()):
+            if now - used > self.idle_seconds:
+                self.invalidate(agent_id)
+
     async def _matrix(self, account_id: str, agent_id: int) -> _Matrix | None:
+        now = time.monotonic()
+        self._expire(now)
         current = await self.repo.documents_version(account_id, agent_id)
         if current is None:  # deleted (in any process), or not this account's agent
-            self._cache.pop(agent_id, None)
+            self.invalidate(agent_id)
             return None
-        version = current.version
         cached = self._cache.get(agent_id)
-        if cached is not None and cached.version == version:
+        if cached is not None and cached.version == current.version:
             self._cache[agent_id] = self._cache.pop(agent_id)  # most recently used: last
+            self._used[agent_id] = now
+            self.hits += 1
             return cached
-        rows = await self.repo.chunk_vectors(account_id, agent_id)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        boilerplate = frozenset(r[0] for r in rows if r[2])
-        if rows:
-            vectors = await asyncio.to_thread(_stacked_unit_rows, rows)
+        self.misses += 1
+        started = time.perf_counter()
+        loaded = await self.repo.chunk_matrix(account_id, agent_id)
+        if loaded is None:
+            self.invalidate(agent_id)
+            return None
+        ids = np.asarray(loaded.ids, dtype=np.int64)
+        if loaded.ids:
+            vectors = await asyncio.to_thread(_unit_rows, loaded)
         else:
             vectors = np.empty((0, 0), dtype=np.float32)
-        del rows  # the blobs: as large as the matrix itself
-        matrix = _Matrix(version, ids, vectors, boilerplate)
+        self.load_seconds += time.perf_counter() - started
+        matrix = _Matrix(loaded.version, ids, vectors, loaded.boilerplate)
         self._cache.pop(agent_id, None)  # a stale copy: replaced, not a reason to evict
         self._cache[agent_id] = matrix
+        self._used[agent_id] = now
         # Least recently used first; the matrix just loaded stays, even alone over budget.
         while len(self._cache) > 1 and (
             len(self._cache) > self.max_cached
             or sum(m.vectors.nbytes for m in self._cache.values()) > self.max_cached_bytes
         ):
-            self._cache.pop(next(iter(self._cache)))
+            self.invalidate(next(iter(self._cache)))
         return matrix
 
     async def top_k(
@@ -163,7 +221,11 @@ class Retriever:
         scores: dict[int, float] = {}
         if mode in {"hybrid", "dense"} and matrix.vectors.shape[1] == query.shape[-1]:
             # (Stored with another embedding model: nothing comparable, words only.)
-            order, _ = top_indices(matrix.vectors, query, max(k, CANDIDATES))
+            wanted = max(k, CANDIDATES)
+            if len(matrix.ids) >= OFF_LOOP_ROWS:
+                order, _ = await asyncio.to_thread(top_indices, matrix.vectors, query, wanted)
+            else:
+                order, _ = top_indices(matrix.vectors, query, wanted)
             rankings.append([int(matrix.ids[i]) for i in order])
         if mode in {"hybrid", "bm25"} and text:
             matches = await self.repo.chunk_matches(account_id, agent_id, text, max(k, CANDIDATES))
