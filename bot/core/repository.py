@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from bot.errors import NotFound
 from ledger.storage import Connection, Row, Store, serialize
 
@@ -679,7 +681,7 @@ class ChunkMatrix:
 
     version: int  # the agent's documents_version these vectors are of
     ids: list[int]  # ascending
-    vectors: bytearray  # len(ids) rows of `width` bytes each (float32, little-endian)
+    vectors: Any  # a writable buffer: len(ids) rows of `width` bytes (float32, little-endian)
     width: int  # bytes per row (0 when there are no chunks)
     boilerplate: frozenset[int]  # chunk ids
 
@@ -701,7 +703,7 @@ def _chunk_matrix_sqlite(raw: Any, account_id: str, agent_id: int) -> ChunkMatri
         ).fetchone()
         ids: list[int] = []
         boilerplate: list[int] = []
-        buffer, view, width = bytearray(), memoryview(b""), 0
+        buffer, view, width = np.empty(0, dtype=np.uint8), memoryview(b""), 0
         rows = cursor.execute(
             "SELECT id, embedding, boilerplate FROM chunks WHERE agent_id = ? ORDER BY id",
             (agent_id,),
@@ -709,7 +711,10 @@ def _chunk_matrix_sqlite(raw: Any, account_id: str, agent_id: int) -> ChunkMatri
         for index, (chunk_id, blob, demoted) in enumerate(rows):
             if index == 0:
                 width = len(blob)
-                buffer = bytearray(count * width)
+                # Not a bytearray: zeroing 117 MiB is one C call that holds the GIL
+                # (and the event loop) while it faults every page in; np.empty does not
+                # touch them, and the copies below fault them in a row at a time.
+                buffer = np.empty(count * width, dtype=np.uint8)
                 view = memoryview(buffer)
             if len(blob) != width:
                 raise ValueError(f"agent {agent_id}'s embeddings differ in size")

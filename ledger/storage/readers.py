@@ -72,6 +72,11 @@ class _Pending:
 
 
 def _statement(raw: sqlite3.Connection, sql: str, parameters: Any) -> tuple[list[Any], int]:
+    if sql.lstrip()[:6].upper() == "PRAGMA":
+        # A pragma (index_list, table_info...) answers from the connection's copy of the
+        # schema without checking it is current; a read of the schema table reloads it
+        # if another connection (the writer's migrations) changed it since.
+        raw.execute("SELECT 1 FROM sqlite_master LIMIT 0").fetchall()
     cursor = raw.execute(sql, parameters)
     try:
         return cursor.fetchall(), cursor.rowcount
