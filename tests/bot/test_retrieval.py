@@ -222,3 +222,18 @@ async def test_a_large_agents_product_runs_off_the_event_loop(
     loop_thread = threading.get_ident()
     assert threads[0] != loop_thread and threads[1] == loop_thread
     assert large[0].chunk_id == 1017 and small[0].chunk_id == 2003
+
+
+async def test_a_guess_on_a_stale_matrix_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large agent's product starts before its version is read: after a change, the
+    answer comes from the reloaded matrix, not from the guess on the old one."""
+    monkeypatch.setattr(retrieval, "OFF_LOOP_ROWS", 10)
+    repo = StubRepo()
+    repo.put(1, 30, seed=1)
+    retriever = Retriever(repo)  # type: ignore[arg-type]
+    await retriever.top_k(ACCOUNT, 1, np.ones(8, dtype=np.float32))
+    repo.put(1, 30, seed=2)  # new vectors, a new version
+    target = repo.vectors[1][9]
+    hits = await retriever.top_k(ACCOUNT, 1, target, k=1, mode="dense")
+    assert repo.loads == [1, 1]
+    assert hits[0].chunk_id == 1009 and abs(hits[0].score - 1.0) < 1e-5
