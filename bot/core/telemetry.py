@@ -23,11 +23,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class CacheFigures(Protocol):
-    hits: int
-    misses: int
-    agents: int
-    bytes: int
-    load_seconds: float
+    @property
+    def hits(self) -> int: ...
+
+    @property
+    def misses(self) -> int: ...
+
+    @property
+    def agents(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def load_seconds(self) -> float: ...
 
     @property
     def hit_rate(self) -> float: ...

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -127,6 +127,14 @@ class ReaderPool:
         """`job` on one pooled connection, on a pool thread (outside any transaction of
         its own unless it opens one; each statement in autocommit is its own snapshot)."""
         return await self._use(job)
+
+    async def run_op(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """An async operation written against the Connection protocol, run whole on one
+        pooled connection on a pool thread (driven there like a write operation on the
+        writer: it may await only its connection)."""
+        from ledger.storage.sqlite import SyncConnection, drive
+
+        return await self._use(lambda raw: drive(op(SyncConnection(raw))))
 
     async def _execute(self, sql: str, parameters: Any) -> ReadCursor:
         word = sql.strip().upper()

@@ -64,6 +64,9 @@ class StubRepo:
             frozenset(),
         )
 
+    async def in_one_read(self, op: Any) -> None:
+        return None  # as on PostgreSQL: the reads one by one
+
     async def chunk_texts(
         self, account_id: str, agent_id: int, ids: list[int]
     ) -> dict[int, tuple[str, int, str, str]]:
@@ -237,3 +240,46 @@ async def test_a_guess_on_a_stale_matrix_is_dropped(monkeypatch: pytest.MonkeyPa
     hits = await retriever.top_k(ACCOUNT, 1, target, k=1, mode="dense")
     assert repo.loads == [1, 1]
     assert hits[0].chunk_id == 1009 and abs(hits[0].score - 1.0) < 1e-5
+
+
+async def test_a_warm_large_agent_is_answered_alike_in_one_read_or_read_by_read(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a warm query of a large agent is one job on a reader thread; on
+    PostgreSQL its reads go one by one: the same hits either way, and the same as a
+    small agent's path on the loop."""
+    repo = services.repo
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((40, 6)).astype("<f4")
+    words = ["saturn", "rings", "ice", "moon", "orbit"]
+
+    async def insert(conn: Any) -> int:
+        agent = await repo.insert_agent_in(conn, ACCOUNT, "Nova", "p", "1")
+        rows = [
+            (i, 1, "", i % 9 == 0, f"{words[i % 5]} chunk {i}", vectors[i].tobytes())
+            for i in range(40)
+        ]
+        await repo.insert_document_in(conn, agent.id, "a.txt", "text", 1, 9, "1", rows)
+        return agent.id
+
+    nova = await services.ledger.store.write(insert)
+    one_reads: list[object] = []
+    original = repo.in_one_read
+
+    async def counted(op: Any) -> Any:
+        found = await original(op)
+        one_reads.append(found)
+        return found
+
+    monkeypatch.setattr(repo, "in_one_read", counted)
+    query = vectors[17] + 0.01
+    answers = []
+    for rows in (10**9, 10):  # the small path, then the large one (cold, warm)
+        monkeypatch.setattr(retrieval, "OFF_LOOP_ROWS", rows)
+        retriever = Retriever(repo)
+        for _ in range(2):
+            hits = await retriever.top_k(ACCOUNT, nova, query, k=4, text="rings of ice")
+            answers.append([(h.chunk_id, h.text, round(h.score, 5)) for h in hits])
+    assert all(answer == answers[0] for answer in answers) and len(answers[0]) == 4
+    used = [r for r in one_reads if r is not None]
+    assert len(used) == (1 if services.ledger.store.dialect == "sqlite" else 0)

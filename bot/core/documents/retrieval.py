@@ -12,7 +12,9 @@ thread into one contiguous buffer (Repository.chunk_matrix), normalised in place
 thread; a large agent's product runs on a thread too, so neither stalls the event loop.
 The cache keeps the agents in use (least recently used out first, within a count and a
 byte budget; an agent idle for IDLE_SECONDS leaves), and counts its hits and loads
-(`stats`, reported in /metrics). The cache is keyed by the agent's
+(`stats`, reported in /metrics). A large agent's matrix is also kept in a file beside the
+database (bot/core/documents/vector_files.py), mapped on the next cold load instead of
+read again from the database. The cache is keyed by the agent's
 documents version, a counter bumped in the transaction of every change to its documents
 and read (by agent and account) on every query: an upload or a removal, in this process
 or another, invalidates it, and so does deleting the agent. Ids are never reused, and
@@ -23,12 +25,18 @@ ever reach another agent's conversation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from bot.core.documents import vector_files
+from bot.core.documents.vector_files import VectorFiles
 from bot.core.repository import ChunkMatrix, Repository
+from ledger.storage import Connection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,12 @@ class Retriever:
         max_cached_agents: int = 64,
         max_cached_bytes: int = 256 * 2**20,
         idle_seconds: float = IDLE_SECONDS,
+        files: VectorFiles | None = None,
     ) -> None:
         self.repo = repo
+        self.files = files
+        self.file_loads = 0  # of the misses, those served by a vector file
+        self._saving: set[asyncio.Task[None]] = set()
         self.max_cached = max_cached_agents
         # Agents differ a thousandfold in size: one may hold its account's 20,000 chunks
         # (117 MiB), so a count alone would let 64 of them keep 7 GiB. The bytes bound it too.
@@ -188,17 +200,11 @@ class Retriever:
             return cached
         self.misses += 1
         started = time.perf_counter()
-        loaded = await self.repo.chunk_matrix(account_id, agent_id)
-        if loaded is None:
+        matrix = await self._load(account_id, agent_id, current.version)
+        self.load_seconds += time.perf_counter() - started
+        if matrix is None:
             self.invalidate(agent_id)
             return None
-        ids = np.asarray(loaded.ids, dtype=np.int64)
-        if loaded.ids:
-            vectors = await asyncio.to_thread(_unit_rows, loaded)
-        else:
-            vectors = np.empty((0, 0), dtype=np.float32)
-        self.load_seconds += time.perf_counter() - started
-        matrix = _Matrix(loaded.version, ids, vectors, loaded.boilerplate)
         self._cache.pop(agent_id, None)  # a stale copy: replaced, not a reason to evict
         self._cache[agent_id] = matrix
         self._used[agent_id] = now
@@ -209,6 +215,64 @@ class Retriever:
         ):
             self.invalidate(next(iter(self._cache)))
         return matrix
+
+    async def _load(self, account_id: str, agent_id: int, version: int) -> _Matrix | None:
+        """From the agent's matrix file at `version` (mapped, nothing read yet), or from
+        the database, writing the file for the next load when the agent is large."""
+        if self.files is not None:
+            mapped = await asyncio.to_thread(self.files.load, agent_id, version)
+            if mapped is not None:
+                self.file_loads += 1
+                return _Matrix(version, mapped.ids, mapped.vectors, mapped.boilerplate)
+        loaded = await self.repo.chunk_matrix(account_id, agent_id)
+        if loaded is None:
+            if self.files is not None:
+                await asyncio.to_thread(self.files.drop, agent_id)
+            return None
+        ids = np.asarray(loaded.ids, dtype=np.int64)
+        if loaded.ids:
+            vectors = await asyncio.to_thread(_unit_rows, loaded)
+        else:
+            vectors = np.empty((0, 0), dtype=np.float32)
+        matrix = _Matrix(loaded.version, ids, vectors, loaded.boilerplate)
+        if self.files is not None and len(ids) >= vector_files.MIN_ROWS:
+            self._save_later(agent_id, matrix)
+        return matrix
+
+    def _save_later(self, agent_id: int, matrix: _Matrix) -> None:
+        """Write the file in the background: the query that loaded it does not wait."""
+        files = self.files
+        assert files is not None
+
+        async def save() -> None:
+            try:
+                await asyncio.to_thread(
+                    files.save,
+                    agent_id,
+                    matrix.version,
+                    matrix.ids,
+                    matrix.vectors,
+                    matrix.boilerplate,
+                )
+            except Exception:  # a cache: the next load reads the database again
+                log.exception("could not write the vector file of agent %d", agent_id)
+
+        task = asyncio.get_running_loop().create_task(save(), name="vector-file")
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def settle(self) -> None:
+        """Wait for the vector files being written (tests, close)."""
+        while self._saving:
+            await asyncio.gather(*list(self._saving), return_exceptions=True)
+
+    async def sweep_files(self) -> int:
+        """Remove vector files of agents deleted or changed since (any process)."""
+        if self.files is None:
+            return 0
+        on_disk = await asyncio.to_thread(self.files.versions)
+        current = await self.repo.documents_versions(sorted(on_disk))
+        return await asyncio.to_thread(self.files.sweep, current)
 
     async def top_k(
         self,
@@ -224,10 +288,17 @@ class Retriever:
         (`text`); "dense" and "bm25" rank by one of the two alone (benchmarks)."""
         wanted = max(k, CANDIDATES)
         dense = mode in {"hybrid", "dense"}
-        # A large cached agent's product starts on a thread before its version is read,
-        # and the version read and the BM25 query run beside it: a warm query then waits
-        # for the product plus one read, not for each in turn. A stale guess is dropped.
+        self._expire(time.monotonic())
         early = self._cache.get(agent_id)
+        if dense and early is not None and _comparable(early, query) and _large(early):
+            words_text = text if mode == "hybrid" else None
+            warm = await self._in_one_read(account_id, agent_id, early, query, k, words_text)
+            if warm is not None:
+                return warm
+        # Otherwise (PostgreSQL, or a changed agent) a large cached agent's product starts
+        # on a thread before its version is read, and the version read and the BM25 query
+        # run beside it: the query waits for the product plus one read, not for each in
+        # turn. A stale guess is dropped.
         guess: asyncio.Future[tuple[np.ndarray, np.ndarray]] | None = None
         if dense and early is not None and _comparable(early, query) and _large(early):
             guess = asyncio.ensure_future(
@@ -263,20 +334,73 @@ class Retriever:
                 guess.cancel()  # its thread finishes alone; nobody waits for it
         chosen = fuse(rankings, matrix.boilerplate)[:k]
         texts = await self.repo.chunk_texts(account_id, agent_id, chosen)
-        if matrix.vectors.shape[1] == query.shape[-1]:
-            # Every hit's score is its cosine similarity, found by BM25 or not.
-            rows = np.searchsorted(matrix.ids, chosen)
-            similarity = matrix.vectors[rows] @ normalise(query.astype(np.float32))
-            scores = dict(zip(chosen, map(float, similarity), strict=True))
-        return [
-            Hit(
-                cid,
-                texts[cid][2],
-                texts[cid][1],
-                texts[cid][0],
-                scores.get(cid, 0.0),
-                texts[cid][3],
-            )
-            for cid in chosen
-            if cid in texts
-        ]
+        return _hits(matrix, query, chosen, texts, scores)
+
+    async def _in_one_read(
+        self,
+        account_id: str,
+        agent_id: int,
+        cached: _Matrix,
+        query: np.ndarray,
+        k: int,
+        text: str | None,
+    ) -> list[Hit] | None:
+        """A warm query of a large agent as one job on a reader thread (SQLite): the
+        version read, the product, the BM25 query and the texts read one after the other
+        on one connection, so the query crosses to a thread and back once. None when the
+        agent changed (the caller reloads it) or on PostgreSQL."""
+        wanted = max(k, CANDIDATES)
+
+        async def op(conn: Connection) -> Ranked | None:
+            current = await self.repo.documents_version_in(conn, account_id, agent_id)
+            if current is None or current.version != cached.version:
+                return None
+            order, _ = top_indices(cached.vectors, query, wanted)
+            rankings = [[int(cached.ids[i]) for i in order]]
+            scores: dict[int, float] = {}
+            if text:
+                matches = await self.repo.chunk_matches_in(conn, account_id, agent_id, text, wanted)
+                rankings.append([chunk_id for chunk_id, _ in matches])
+                for chunk_id, rank in matches:
+                    scores.setdefault(chunk_id, -rank)
+            chosen = fuse(rankings, cached.boilerplate)[:k]
+            texts = await self.repo.chunk_texts_in(conn, account_id, agent_id, chosen)
+            return chosen, texts, scores
+
+        ranked = await self.repo.in_one_read(op)
+        if ranked is None or self._cache.get(agent_id) is not cached:
+            return None
+        self._cache[agent_id] = self._cache.pop(agent_id)  # most recently used: last
+        self._used[agent_id] = time.monotonic()
+        self.hits += 1
+        return _hits(cached, query, *ranked)
+
+
+Ranked = tuple[list[int], dict[int, tuple[str, int, str, str]], dict[int, float]]
+
+
+def _hits(
+    matrix: _Matrix,
+    query: np.ndarray,
+    chosen: list[int],
+    texts: dict[int, tuple[str, int, str, str]],
+    scores: dict[int, float],
+) -> list[Hit]:
+    """The chosen chunks as hits, in order, each scored by its cosine similarity."""
+    if matrix.vectors.shape[1] == query.shape[-1]:
+        # Every hit's score is its cosine similarity, found by BM25 or not.
+        rows = np.searchsorted(matrix.ids, chosen)
+        similarity = matrix.vectors[rows] @ normalise(query.astype(np.float32))
+        scores = dict(zip(chosen, map(float, similarity), strict=True))
+    return [
+        Hit(
+            cid,
+            texts[cid][2],
+            texts[cid][1],
+            texts[cid][0],
+            scores.get(cid, 0.0),
+            texts[cid][3],
+        )
+        for cid in chosen
+        if cid in texts
+    ]
