@@ -6,7 +6,9 @@ Invariants (checked by `verify()` and by the stateful tests after every step):
 - usage_limits.bonus_tokens = the sum of token_usage.bonus_delta (grants, revokes, draws);
 - no counter is negative; available = limit - used - held + bonus, shown as 0 if below;
 - a hold moves from pending to exactly one of committed, released or expired, once,
-  and leaves exactly one token_usage row when it does.
+  and leaves exactly one token_usage row when it does;
+- each usage_totals counter = its period's charges of one member, agent, operation or
+  day (ledger/totals.py; checked by `verify(full=True)`).
 
 A reserve is one conditional UPDATE inside the writer's transaction, so two callers can
 never both spend the last tokens. Periods roll over inside the next write that touches
