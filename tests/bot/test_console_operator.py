@@ -77,12 +77,26 @@ async def test_choices_and_option_types_are_checked_as_discord_does(
         [
             "/admin plan member:5 plan:gold",
             "/admin plan member:5 plan:pro reason:test",
+            "/admin grant member:5 amount:abc reason:x",
+            "/admin grant member:5 amount:1_000 reason:x",
+            "/admin grant member:bob amount:5 reason:x",
+            "/limits role role:<@&77> amount:2.5",
+            "/docs upload agent:Nova file:./no-such-file.pdf",
         ]
     )
     printed = await session(app_config, services, tmp_path / "out", script, guild_id=1000)
     assert "error: plan must be one of: " in printed and "(not 'gold')" in printed
     assert "Something went wrong" not in printed
     assert "is on pro" in printed
+    for refusal in (
+        "error: amount must be a whole number, not 'abc'",
+        "error: amount must be a whole number, not '1_000'",  # Python's int() takes it
+        "error: member must be a member (<@id> or an id), not 'bob'",
+        "error: amount must be a whole number, not '2.5'",
+        "error: file: cannot read ./no-such-file.pdf: No such file or directory",
+    ):
+        assert refusal in printed, printed
+    assert "invalid literal" not in printed and "Errno" not in printed
 
 
 async def test_member_acts_without_manage_server(
