@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
 import os
 import signal
 import socket
@@ -293,10 +294,14 @@ _APPLICATION |= {"bot_public": True, "bot_require_code_grant": False, "flags": 0
 _APPLICATION |= {"verify_key": "0" * 64, "owner": _BOT_USER | {"id": "1", "bot": False}}
 
 
+_ASKED: list[str] = []  # the paths the fake Discord was asked for
+
+
 class _FakeDiscord(http.server.BaseHTTPRequestHandler):
     """Discord's REST API as far as a start goes: who the token is, whose app it is."""
 
     def do_GET(self) -> None:
+        _ASKED.append(self.path)
         status, body = 404, {"message": "404: Not Found", "code": 0}
         if self.headers.get("Authorization") != f"Bot {TOKEN}":
             status, body = 401, {"message": "401: Unauthorized", "code": 0}
@@ -322,6 +327,7 @@ def fake_discord(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     thread.start()
     port = server.server_address[1]
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    _ASKED.clear()
     try:
         yield
     finally:
@@ -339,7 +345,10 @@ def run_here(
         monkeypatch.delenv(name)
     for name, value in {"BOT_STORAGE__DATABASE": str(tmp_path / "bot.db"), **env}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "setup_logging", lambda: None)  # pytest owns the handlers here
+    # Logs are not what is asserted here (stderr's printed lines are), and an earlier test
+    # of this process may have left a handler on a stream that is closed since.
+    monkeypatch.setattr(cli, "setup_logging", lambda: None)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
     code = cli.main(["run"])
     return code, capsys.readouterr().err
 
@@ -368,6 +377,22 @@ def test_run_on_a_port_in_use_is_one_line(
         )
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"the sidecar cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.usefixtures("fake_discord")
+@pytest.mark.parametrize("fault", ["not a database", "damaged"])
+def test_run_stops_on_a_database_fault_before_asking_discord(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    db = tmp_path / "bot.db"
+    if fault == "damaged":
+        _damage_a_table(make_db(db))
+    else:
+        db.write_bytes(b"these are the operator's notes, not a database\n" * 100)
+    code, err = run_here(tmp_path, monkeypatch, capsys, DISCORD_TOKEN=TOKEN)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"database error: {db}") and ("restore" in err) is (fault == "damaged")
+    assert _ASKED == []  # the start stopped before Discord was asked anything
 
 
 def test_the_standalone_sidecar_serves_avatars_and_warns_without_a_secret(

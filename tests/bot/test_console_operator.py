@@ -27,6 +27,9 @@ def test_markup_reads_as_the_client_shows_it() -> None:
     )
     assert plain(f"<t:{stamp}:d> <t:{stamp}>", now=now) == "2027-01-03 3 January 2027 12:00 UTC"
     assert plain("<t:0:R>", now=now).endswith(" years ago")
+    assert plain("✅ Created **Nova**. Try `/chat`.") == "✅ Created Nova. Try /chat."
+    fenced = "```py\nx = `a` ** 2\n```"
+    assert plain(fenced) == fenced  # a code block keeps its fences and its text
 
 
 async def session(
@@ -60,6 +63,7 @@ async def test_no_raw_markup_and_each_file_written_once(
     )
     printed = await session(app_config, services, tmp_path / "out", script)
     assert "<t:" not in printed and "<@" not in printed and "\n-# " not in printed
+    assert "**" not in printed and "`/avatar" not in printed
     assert "Resets: " in printed and " UTC" not in printed.split("Resets: ")[1][:20]
     saved = [
         line.removeprefix("file: ") for line in printed.splitlines() if line.startswith("file: ")
@@ -120,6 +124,33 @@ async def test_help_lists_the_commands_with_their_options(
     assert "You: Free, 250,000 tokens remaining" in printed and "Use `/upgrade`" in printed
     alone = await session(app_config, services, tmp_path / "out", "help")
     assert "/agent create name: [prompt:]" in alone and "tokens remaining" not in alone
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_banner_when_interactive_only(
+    tmp_path: Path, app_config: Config, services: Services
+) -> None:
+    for lines, shown in ((Terminal("/tokens\n"), True), (io.StringIO("/tokens\n"), False)):
+        output = io.StringIO()
+        await run_console(
+            app_config,
+            user_id=1,
+            guild_id=7,
+            out_dir=tmp_path,
+            lines=lines,
+            output=output,
+            services=services,
+            member=True,
+        )
+        first = output.getvalue().splitlines()[0]
+        assert first.startswith("Agent bot console: slash commands as user 1") is shown, first
+        if shown:
+            assert "in server 7, as a member without Manage Server" in first
+            assert "/help lists the commands" in output.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 
 from bot.config import Config
-from bot.http.guard import quiet_accept_errors
-from bot.http.sidecar import start_sidecar
+from bot.front.standin import CommandRunner
+from bot.http.guard import accept_backlog, quiet_accept_errors
+from bot.http.sidecar import GUARD, start_sidecar
 from bot.services import Services
 from tests.children import bot_env
 
@@ -177,3 +178,36 @@ async def test_accepts_failing_for_want_of_descriptors_are_one_line_a_minute(
     assert len(said) == 1 and said[0].exc_info is None
     assert "cannot accept connections: Too many open files" in said[0].getMessage()
     assert passed == ["something else"]  # other errors reach the usual handler
+
+
+async def test_the_discord_side_keeps_working_while_the_sidecar_is_attacked(
+    app_config: Config, services: Services, owner: CommandRunner
+) -> None:
+    """In `run` the bot shares the sidecar's process: with the sidecar full of slow
+    clients, commands still answer and are charged (they failed in the review)."""
+    app_config.webhooks.max_connections = 8
+    runner, port = await _sidecar(app_config, services)
+    server = runner.server
+    assert server is not None
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(40):  # five times what it may hold
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HEAD)
+            slow.append(writer)
+        await owner.run('/agent create name:Nova prompt:"An astronomer"')
+        tokens = "\n".join(s.text() for s in await owner.run("/tokens"))
+        chat = "\n".join(s.text() for s in await owner.run("/chat agent:Nova message:hello"))
+        assert "Remaining: 250,000" in tokens
+        assert "went wrong" not in chat and "busy" not in chat, chat
+        balance = await services.ledger.balance("guild:1000")
+        assert balance.tokens_used > 0 and balance.tokens_held == 0
+        live = [h for h in server.connections if h.transport is not None]
+        assert len(live) <= 8  # the rest were closed to make room
+        guard = runner.app[GUARD]
+        # Every handshake done is accepted, or still in the kernel's queue (backlog + 1).
+        assert guard.evicted >= 40 - 8 - (accept_backlog(8) + 1)
+    finally:
+        for writer in slow:
+            writer.close()
+        await runner.cleanup()
