@@ -24,6 +24,7 @@ from aiohttp import web
 from discord import app_commands
 from discord.ext import commands
 
+from bot import heap
 from bot.billing.lemonsqueezy.client import static_checkout_url
 from bot.config import Config
 from bot.core.repository import Agent
@@ -133,6 +134,8 @@ class AgentBot(commands.Bot):
         await self._load_owners()
         self.services.ledger.start_maintenance()
         self.sidecar = await self._start_sidecar()
+        frozen = heap.settle(self.config)
+        log.debug("start-up heap frozen: %d objects", frozen)
         # Several `run` processes (shards on several hosts) share the database: one of
         # them syncs the commands, the others would only repeat it against the rate limit.
         if not await self.services.ledger.lead("commands"):
