@@ -23,6 +23,7 @@ MODULES = [
     "bench.cost_bench",
     "bench.retrieval_bench",
     "bench.chat_bench",
+    "bench.chat_load_bench",
 ]
 
 
