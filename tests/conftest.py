@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.examples
 from ledger import Ledger, ManualClock
 from tests.stores import STORES, drop_lent_schemas, migrated_schema
 
@@ -19,6 +20,10 @@ pytest_plugins: list[str] = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="run the long variants too")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tests.examples.LONG = bool(config.getoption("--slow"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
