@@ -63,7 +63,7 @@ async def test_rows_are_unit_length_and_the_closest_chunk_comes_first() -> None:
     target = repo.vectors[1][7]
     hits = await retriever.top_k(ACCOUNT, 1, target * 3, k=3)
     assert hits[0].chunk_id == 1007 and abs(hits[0].score - 1.0) < 1e-5
-    matrix = await retriever._matrix(ACCOUNT, 1)
+    matrix = await retriever._matrix(ACCOUNT, 1, 8)
     assert matrix is not None
     assert np.allclose(np.linalg.norm(matrix.vectors, axis=1), 1.0)
 
@@ -110,3 +110,19 @@ async def test_the_byte_bound_holds_but_never_evicts_the_agent_just_loaded() -> 
     assert list(retriever._cache) == [2]  # 1 went to make room; 2 stays though alone
     await retriever.top_k(ACCOUNT, 2, query)
     assert repo.loads == [1, 2]
+
+
+async def test_a_chunk_ranks_by_its_best_piece() -> None:
+    repo = StubRepo()
+    rng = np.random.default_rng(3)
+    wanted = rng.standard_normal(8).astype(np.float32)
+    # Chunk 1000's second piece is the query; chunk 1001's one vector is merely close.
+    repo.vectors[1] = [
+        np.concatenate([rng.standard_normal(8).astype(np.float32), wanted]),
+        (wanted + 0.3 * rng.standard_normal(8)).astype(np.float32),
+    ]
+    repo.versions[1] = 1
+    retriever = Retriever(repo)  # type: ignore[arg-type]
+    hits = await retriever.top_k(ACCOUNT, 1, wanted, k=2, mode="dense")
+    assert [h.chunk_id for h in hits] == [1000, 1001]
+    assert abs(hits[0].score - 1.0) < 1e-5 and hits[1].score < 1.0

@@ -1,11 +1,13 @@
 """Documents: upload (extract, chunk, embed, store), list and remove.
 
 Promises: the type is decided by the content; every refusal happens before any API call
-and charges nothing; the estimate is held before the first embedding request; the charge
-is the embedding API's own reported tokens; the document and its chunks are stored in
-the same transaction as the charge, so a failure at any step leaves no document, no
-chunk and no charge. Extraction runs in a worker process of a bounded pool, with a
-deadline and a memory limit, at most `extraction_per_account` at once for one account.
+and charges nothing; a document clearly beyond the balance is refused from a sample of
+its pages, before all of them are read, with its estimate ("about N tokens"); the
+estimate is held before the first embedding request; the charge is the embedding API's
+own reported tokens; the document and its chunks are stored in the same transaction as
+the charge, so a failure at any step leaves no document, no chunk and no charge.
+Extraction runs in a worker process of a bounded pool, with a deadline and a memory
+limit, at most `extraction_per_account` at once for one account.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
 from bot.core.documents import extract
 from bot.core.documents.boilerplate import is_boilerplate
-from bot.core.documents.chunking import Chunk, chunk
+from bot.core.documents.chunking import chunk
+from bot.core.documents.pieces import Embedded, embedded
 from bot.core.documents.readers import Extracted
+from bot.core.documents.readers.budget import BeyondBudget
 from bot.core.documents.retrieval import Retriever, to_blob
 from bot.core.documents.workers import ExtractionPool, WorkerLimits
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Agent, Document, Repository
 from bot.errors import InvalidInput, NotFound
+from ledger import InsufficientTokens
 from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
@@ -55,15 +60,17 @@ class UploadResult:
     batches: int
 
 
-def batches(chunks: list[Chunk]) -> list[list[Chunk]]:
-    out: list[list[Chunk]] = []
-    current: list[Chunk] = []
-    tokens = 0
+def batches(chunks: list[Embedded]) -> list[list[Embedded]]:
+    """Chunks in requests of at most BATCH_CHUNKS inputs (pieces) and BATCH_TOKENS."""
+    out: list[list[Embedded]] = []
+    current: list[Embedded] = []
+    inputs = tokens = 0
     for c in chunks:
-        if current and (len(current) >= BATCH_CHUNKS or tokens + c.tokens > BATCH_TOKENS):
+        if current and (inputs + len(c.pieces) > BATCH_CHUNKS or tokens + c.tokens > BATCH_TOKENS):
             out.append(current)
-            current, tokens = [], 0
+            current, inputs, tokens = [], 0, 0
         current.append(c)
+        inputs += len(c.pieces)
         tokens += c.tokens
     if current:
         out.append(current)
@@ -105,8 +112,8 @@ class DocumentService:
     async def close(self) -> None:
         await self.extraction.close()
 
-    def estimate(self, chunks: list[Chunk]) -> int:
-        """The hold: the chunks' real tokens plus the margin, weighted like the charge."""
+    def estimate(self, chunks: list[Embedded]) -> int:
+        """The hold: the pieces' real tokens plus the margin, weighted like the charge."""
         model = self.config.openai.embedding_model
         return self.meter.weighted(
             model, math.ceil(sum(c.tokens for c in chunks) * ESTIMATE_MARGIN)
@@ -134,16 +141,36 @@ class DocumentService:
                 _fire(loop, report(f"Extracting text: page {index + 1} of {count}…"))
 
         extract.check_size(data, limits.max_document_bytes)
-        extracted: Extracted = await self.extraction.extract(
-            actor.account_id,
-            data,
-            filename,
-            extract.limits(limits.max_document_bytes, limits.max_document_pages),
-            page_done,
-        )
         model = self.config.openai.embedding_model
+        # What the balance covers, in the embedding model's own tokens: a document
+        # clearly beyond it is refused from a sample before all of it is read.
+        balance = await self.meter.ledger.balance(actor.account_id)
+        budget = math.floor(balance.available / self.meter.costs.weight(model) / ESTIMATE_MARGIN)
+        try:
+            extracted: Extracted = await self.extraction.extract(
+                actor.account_id,
+                data,
+                filename,
+                extract.limits(limits.max_document_bytes, limits.max_document_pages, budget, model),
+                page_done,
+            )
+        except BeyondBudget as beyond:
+            needed = self.meter.weighted(model, math.ceil(beyond.estimate * ESTIMATE_MARGIN))
+            log.info(
+                "document refused early on %s: about %d tokens, %d available",
+                actor.account_id,
+                needed,
+                balance.available,
+            )
+            self.meter.refused(actor.account_id)
+            raise InsufficientTokens(
+                needed, balance.available, balance.plan_type, approximate=True
+            ) from None
         chunks = await asyncio.to_thread(
-            chunk, extracted.pages, model=model, separate_pages=extracted.kind != "pdf"
+            lambda: embedded(
+                chunk(extracted.pages, model=model, separate_pages=extracted.kind != "pdf"),
+                model,
+            )
         )
         if not chunks:
             raise InvalidInput("That file has no text to learn from.")
@@ -153,33 +180,37 @@ class DocumentService:
         groups = batches(chunks)
         name = clean_name(filename)
 
-        async def call() -> tuple[np.ndarray, int]:
-            vectors: list[np.ndarray] = []
+        async def call() -> tuple[list[np.ndarray], int]:
+            vectors: list[np.ndarray] = []  # per chunk: its pieces' rows
             tokens = 0
             for number, group in enumerate(groups, start=1):
                 await report(f"Embedding: batch {number} of {len(groups)}…")
-                result = await self.ai.embed([c.text for c in group])
-                vectors.append(result.vectors)
+                result = await self.ai.embed([p for c in group for p in c.pieces])
+                rows = result.vectors.astype(np.float32)
+                start = 0
+                for c in group:
+                    vectors.append(rows[start : start + len(c.pieces)])
+                    start += len(c.pieces)
                 tokens += result.total_tokens
                 await self.meter.keep_alive()  # progress: the hold must not lapse under it
-            return np.vstack(vectors).astype(np.float32), tokens
+            return vectors, tokens
 
         document_ids: list[int] = []
 
-        async def store(conn: Connection, result: tuple[np.ndarray, int]) -> None:
+        async def store(conn: Connection, result: tuple[list[np.ndarray], int]) -> None:
             vectors, tokens = result
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)
             rows = [
                 (
-                    c.index,
-                    c.page,
-                    extracted.label(c.page),
-                    is_boilerplate(c.text),
-                    c.text,
-                    to_blob(v),
+                    e.chunk.index,
+                    e.chunk.page,
+                    extracted.label(e.chunk.page),
+                    is_boilerplate(e.chunk.text),
+                    e.chunk.text,
+                    to_blob(v),  # the pieces' vectors, one after another
                 )
-                for c, v in zip(chunks, vectors, strict=True)
+                for e, v in zip(chunks, vectors, strict=True)
             ]
             document_ids.append(
                 await self.repo.insert_document_in(

@@ -15,6 +15,8 @@ Promises:
   pages) are removed.
 - Each page's label is the PDF's own page label when it defines labels ("iv", "T-1"),
   else its physical number.
+- A PDF clearly beyond the balance (`Limits.token_budget`) is refused from pages
+  sampled across it before the others are read (readers/budget.py).
 - Refused with a sentence: damaged, password-protected (an empty user password opens),
   no pages, too many pages, no text on any page (scanned), more text than the limit.
 - Work is bounded here by page count and characters; time and memory are bounded by
@@ -24,13 +26,14 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import unicodedata
 
 import pypdfium2 as pdfium
 
-from bot.core.documents.readers import Extracted, Limits, Progress
+from bot.core.documents.readers import Extracted, Limits, Progress, budget
 from bot.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -120,23 +123,25 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             f"That PDF has {count:,} pages; documents can have at most {limits.max_pages:,} "
             "pages. Please split it into smaller files."
         )
+    read_early: dict[int, tuple[str, int]] = {}
+    if limits.token_budget is not None and count > budget.SAMPLE_PAGES:
+        # Judged by pages spread over it before the rest is read; they are kept.
+        for index in budget.pages_to_sample(count):
+            with contextlib.suppress(pdfium.PdfiumError):  # the main loop tells of it
+                read_early[index] = _page_text(document, index, limits.max_characters, limits)
+        if read_early:
+            sample = "\n".join(normalize(raw) for raw, _ in read_early.values())
+            budget.check(sample, count / len(read_early), limits)
     pages: list[str] = []
     labels: list[str] = []
     characters = failed = 0  # every character PDFium parsed, shown on the page or not
     for index in range(count):
         try:
-            page = document[index]
-            try:
-                textpage = page.get_textpage()
-                try:
-                    characters += textpage.count_chars()
-                    if characters > limits.max_characters:
-                        raise InvalidInput(too_much(limits))
-                    raw = textpage.get_text_bounded()  # what the page shows, as pdftotext
-                finally:
-                    textpage.close()
-            finally:
-                page.close()
+            room = limits.max_characters - characters
+            raw, chars = read_early.pop(index, None) or _page_text(document, index, room, limits)
+            characters += chars
+            if characters > limits.max_characters:
+                raise InvalidInput(too_much(limits))
         except pdfium.PdfiumError as error:
             # One broken page should not lose the other 299: it counts as empty.
             log.info("PDF page %d unreadable: %s", index + 1, error)
@@ -156,6 +161,25 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             "upload a PDF with selectable text, or a .txt file."
         )
     return Extracted("pdf", pages, count, labels)
+
+
+def _page_text(
+    document: pdfium.PdfDocument, index: int, room: int, limits: Limits
+) -> tuple[str, int]:
+    """What page `index` shows (as pdftotext reads it), and every character PDFium
+    parsed on it, shown or not: refused, before its text is built, past `room` of them."""
+    page = document[index]
+    try:
+        textpage = page.get_textpage()
+        try:
+            characters = textpage.count_chars()
+            if characters > room:
+                raise InvalidInput(too_much(limits))
+            return textpage.get_text_bounded(), characters
+        finally:
+            textpage.close()
+    finally:
+        page.close()
 
 
 _DIGITS = re.compile(r"\d+")
