@@ -187,3 +187,12 @@ def test_a_chunk_is_embedded_as_halves_cut_at_a_space_and_a_short_one_whole() ->
     (one,) = embedded(chunk([text], target_tokens=500), "text-embedding-3-small")
     assert one.pieces == tuple(halves)
     assert one.tokens == sum(count_tokens(p, "text-embedding-3-small") for p in halves)
+
+
+def test_a_chunk_ends_before_a_numbered_section_title() -> None:
+    before = "Factors group the components of other vectors. " * 12
+    after = "An R list is an ordered collection of objects. " * 12
+    page = f"{before.strip()}\n\n6.1 Lists\n\n{after.strip()}"
+    chunks = chunk([page], target_tokens=200, overlap_tokens=0)
+    assert chunks[0].text.endswith("vectors.")
+    assert chunks[1].text.startswith("6.1 Lists\nAn R list is")

@@ -216,3 +216,11 @@ def test_binary_with_nul_bytes_is_still_refused() -> None:
     blob = bytes(range(256)) * 8  # NULs, but not in UTF-16's pattern
     with pytest.raises(InvalidInput, match="not a supported"):
         extract(blob, max_bytes=LIMIT, max_pages=PAGES)
+
+
+def test_pdf_numbered_section_titles_are_paragraphs_of_their_own() -> None:
+    long = "Suppose we have a sample of thirty tax accountants from all the states and"
+    page = "\n".join([long, long, "and their incomes.", "6.1 Lists", long, long, long])
+    (text,) = run(make_pdf([page])).pages
+    assert "\n\n6.1 Lists\n\n" in text
+    assert "\n\n" + long not in text.split("6.1 Lists", 1)[0]  # nothing else split

@@ -30,9 +30,9 @@ SAMPLE_PAGES = 16
 SAMPLE_SLICES = 16
 SLICE_CHARS = 4_000
 # Sampled pages miss some of a document's density (a dense index, sparse title pages):
-# on Debian's doc-package PDFs the estimate fell within 0.7x-1.3x of the chunks' real
-# tokens (bench/documents_bench.py). Refusing only past twice the balance keeps every
-# document that might fit on the exact path.
+# on 12 of Debian's doc-package PDFs the estimate fell within 0.70x-1.20x of the real
+# cost (`python -m bench.holds`, docs/benchmarks.md). Refusing only past twice the
+# balance keeps every document that might fit on the exact path.
 CLEARLY = 2.0
 # Each chunk repeats the end of the previous one: chunk tokens per token of text.
 OVERLAP_FACTOR = DEFAULT_TARGET_TOKENS / (DEFAULT_TARGET_TOKENS - DEFAULT_OVERLAP_TOKENS)
