@@ -93,7 +93,7 @@ async def test_short_on_tokens_no_embedding_request(
     hold = await services.ledger.reserve(ACCOUNT, 249_990, "chat", 1, GUILD, "m")
     await services.ledger.commit(hold, 249_990)
     sent = await _upload(owner, "paper.pdf", make_pdf(_pages(5)))
-    assert "Insufficient Tokens" in text(sent) and "requires" in text(sent)
+    assert "Insufficient Tokens" in text(sent) and "requires about " in text(sent)
     assert fake_openai.count("embeddings") == 0
     assert await _stored(services) == (0, 0)
 
@@ -350,7 +350,7 @@ async def test_concurrent_uploads_never_pass_the_chunk_cap(
     gate.set()
     told = [text(await upload) for upload in uploads]
     assert sum("✅ Learned" in t for t in told) == 2
-    assert sum("Nothing was charged" in t for t in told) == 2
+    assert sum("Nothing was charged" in t for t in told) == 2, told
     documents, chunks = await _stored(services)
     assert (documents, chunks) == (2, 2 * per_document)
     charges = [e.tokens_used for e in await services.ledger.history(ACCOUNT) if e.tokens_used]

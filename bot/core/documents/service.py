@@ -225,16 +225,23 @@ class DocumentService:
                 )
             )
 
-        metered = await self.meter.run(
-            actor,
-            "document_upload",
-            self.estimate(chunks),
-            model,
-            call,
-            cost=lambda result: self.meter.weighted(model, result[1]),
-            store=store,
-            agent=agent.name,
-        )
+        try:
+            metered = await self.meter.run(
+                actor,
+                "document_upload",
+                self.estimate(chunks),
+                model,
+                call,
+                cost=lambda result: self.meter.weighted(model, result[1]),
+                store=store,
+                agent=agent.name,
+            )
+        except InsufficientTokens as short:
+            # The hold is the chunks' count plus a 2% margin; the bill is the API's own
+            # count: the refusal says "about".
+            raise InsufficientTokens(
+                short.needed, short.available, short.plan, approximate=True
+            ) from None
         self.retriever.invalidate(agent.id)
         documents = {d.id: d for d in await self.repo.documents(agent.id)}
         return UploadResult(
