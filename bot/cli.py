@@ -367,13 +367,13 @@ async def _ledger_action(
                     f"{report.expired} expired holds ({report.tokens_freed} tokens)"
                 )
             case "compact":
-                report = await ledger.compact()
-                if report.converted:
+                compacted = await ledger.compact()
+                if compacted.converted:
                     print("switched the file to incremental vacuum (one full VACUUM, once)")
                 print(
-                    f"archived {report.archived_holds} resolved holds; gave back"
-                    f" {report.bytes_freed / 2**20:.1f} MiB; WAL "
-                    + ("emptied" if report.wal_emptied else "in use by a reader, left as is")
+                    f"archived {compacted.archived_holds} resolved holds; gave back"
+                    f" {compacted.bytes_freed / 2**20:.1f} MiB; WAL "
+                    + ("emptied" if compacted.wal_emptied else "in use by a reader, left as is")
                 )
             case "verify":
                 with Progress("verify", "") as progress:

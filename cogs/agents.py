@@ -23,7 +23,7 @@ class PersonaModal(discord.ui.Modal):
         self.cog = cog
         self.agent_name = name
         self.editing = current is not None
-        self.prompt = discord.ui.TextInput(
+        self.prompt: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
             label="Persona (system prompt)",
             custom_id="prompt",
             style=discord.TextStyle.long,
@@ -39,8 +39,15 @@ class PersonaModal(discord.ui.Modal):
         else:
             await self.cog.finish_create(interaction, self.agent_name, self.prompt.value)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        await interaction.client.tree.on_error(  # type: ignore[attr-defined]
+    # The item is BaseView's third argument, which Modal's own override leaves out.
+    async def on_error(
+        self,
+        interaction: discord.Interaction[Any],
+        error: Exception,
+        item: discord.ui.Item[Any] | None = None,
+        /,
+    ) -> None:
+        await interaction.client.tree.on_error(
             interaction,
             app_commands.CommandInvokeError(self.cog.agent, error),  # type: ignore[arg-type]
         )
@@ -140,7 +147,8 @@ class AgentsCog(FeatureCog):
             lost.append("its uploaded avatar")
         if summary.documents:
             lost.append(
-                f"{summary.documents:,} documents and their {summary.chunks:,} chunks "
+                f"{summary.documents:,} document{'' if summary.documents == 1 else 's'} "
+                f"and {summary.chunks:,} chunks "
                 f"({summary.document_tokens:,} tokens were spent learning them)"
             )
         lost.append("Tokens already spent are not refunded.")

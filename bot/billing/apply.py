@@ -292,7 +292,8 @@ async def _payment(ledger: Ledger, conn: Connection, event: BillingEvent, rules:
         # The plan and the period come from the snapshot, whenever it arrives; the
         # snapshot then adopts this invoice as the one that started its cycle.
         return Outcome("recorded", account, user, detail=NOT_KNOWN_YET)
-    if stored["account_id"] is None:
+    account = stored["account_id"]  # the link, which _of_invoice preferred anyway
+    if account is None:
         return Outcome("unlinked", None, user, detail="invoice of an unlinked subscription")
     if stored["variant_id"] not in rules.pro_variants:
         return Outcome("ignored", account, user, detail="not a Pro variant")

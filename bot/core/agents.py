@@ -9,6 +9,7 @@ server edits or deletes an agent, whatever the client sent.
 
 from __future__ import annotations
 
+import builtins
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -132,10 +133,10 @@ class AgentService:
         documents, chunks, tokens = await self.repo.agent_losses(agent.id)
         return AgentSummary(agent, documents, chunks, tokens)
 
-    async def list(self, actor: Actor) -> list[Agent]:
+    async def list(self, actor: Actor) -> builtins.list[Agent]:
         return await self.repo.agents(actor.account_id)
 
-    async def names(self, actor: Actor, typed: str) -> list[str]:
+    async def names(self, actor: Actor, typed: str) -> builtins.list[str]:
         """Autocomplete: at most 25 names of this account's agents containing `typed`."""
         return [a.name for a in await self.repo.agents(actor.account_id, typed.strip(), 25)]
 

@@ -24,10 +24,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from bot.config import OpenAISettings
 from bot.core.tokens import count_tokens, truncate_tokens
@@ -121,7 +122,7 @@ class AIGateway:
                 model=model,
                 prompt=prompt,
                 n=1,
-                size=self.settings.image_size,  # type: ignore[arg-type]
+                size=self.settings.image_size,
             )
         data = answer.data[0].b64_json if answer.data else None
         if not data:  # GPT image models answer in base64 only; we never fetch a URL
@@ -148,7 +149,7 @@ class AIGateway:
         async with self._calling("chat", model):
             answer = await self.client.chat.completions.create(
                 model=model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=_sdk_messages(messages),
                 max_completion_tokens=cap,
             )
         if not answer.choices or answer.usage is None:
@@ -177,7 +178,7 @@ class AIGateway:
         async with self._calling("chat stream", model):
             stream = await self.client.chat.completions.create(
                 model=model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=_sdk_messages(messages),
                 max_completion_tokens=cap,
                 stream=True,
                 stream_options={"include_usage": True},
@@ -314,6 +315,12 @@ def _misconfigured(call: str, model: str, error: openai.APIStatusError) -> AIMis
     return AIMisconfigured()
 
 
+def _sdk_messages(messages: list[dict[str, Any]]) -> list[ChatCompletionMessageParam]:
+    # The chat service builds messages as plain dicts of the API's own shape (role,
+    # content, image parts); the SDK's TypedDicts describe that shape, checked by the API.
+    return cast("list[ChatCompletionMessageParam]", messages)
+
+
 class _mapped:
     """Turns the SDK's exceptions into domain errors, logging what an operator needs."""
 
@@ -326,7 +333,7 @@ class _mapped:
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
-    ) -> bool:
+    ) -> Literal[False]:
         if error is None or not isinstance(error, Exception):
             return False
         if isinstance(error, openai.BadRequestError) and error.code in _POLICY_CODES:

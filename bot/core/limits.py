@@ -127,7 +127,8 @@ class LimitsService:
         each with whether there was one to clear."""
         self._manager(actor)
         targets = [("member", member_id), ("role", role_id)]
-        chosen = [(s, i) for s, i in targets if i is not None] or [("default", None)]
+        named: list[tuple[str, int | None]] = [(s, i) for s, i in targets if i is not None]
+        chosen = named or [("default", None)]
         cleared = []
         for scope, subject in chosen:
             old = await self.ledger.clear_cap(

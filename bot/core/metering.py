@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bot.config import CostsSettings
 from bot.core.telemetry import Telemetry
@@ -83,7 +83,7 @@ class Meter:
     def __init__(self, ledger: Ledger, costs: CostsSettings) -> None:
         self.ledger = ledger
         self.costs = costs
-        self._settling: set[asyncio.Task[object]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
         # Set by the limits service: refuses a paid call before anything is held (a
         # server's required role), and hears of each low-balance threshold crossed.
         self.gate: Callable[[Actor, str], Awaitable[None]] | None = None
@@ -309,8 +309,8 @@ class Meter:
             return
         self._keep(asyncio.ensure_future(self.ledger.release(task.result(), "cancelled")))
 
-    def _keep(self, task: asyncio.Future[object]) -> None:
-        self._settling.add(task)  # type: ignore[arg-type]
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
     async def _settle(self, work: Awaitable[R]) -> R:

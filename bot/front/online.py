@@ -90,8 +90,12 @@ async def _ai(config: Config, report: Report) -> None:
     if key is None:
         return
     settings = config.openai
-    kwargs = {"base_url": settings.base_url} if settings.base_url else {}
-    client = openai.AsyncOpenAI(api_key=key.get_secret_value(), max_retries=0, timeout=15, **kwargs)
+    client = openai.AsyncOpenAI(
+        api_key=key.get_secret_value(),
+        base_url=settings.base_url or None,  # None: the SDK's own default
+        max_retries=0,
+        timeout=15,
+    )
     try:
         known = {model.id async for model in client.models.list()}
     except openai.AuthenticationError:

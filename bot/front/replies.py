@@ -83,10 +83,11 @@ async def reply(
 ) -> None:
     """Answer an interaction whatever its state (fresh, deferred or answered)."""
     kwargs.setdefault("allowed_mentions", NO_MENTIONS)
+    kwargs["content"] = content  # a followup takes no content=None: _drop_none drops it
     if interaction.response.is_done():
-        await interaction.followup.send(content, ephemeral=ephemeral, **_drop_none(kwargs))
+        await interaction.followup.send(ephemeral=ephemeral, **_drop_none(kwargs))
     else:
-        await interaction.response.send_message(content, ephemeral=ephemeral, **_drop_none(kwargs))
+        await interaction.response.send_message(ephemeral=ephemeral, **_drop_none(kwargs))
 
 
 def _drop_none(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import resource
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from bot.logs import Throttle
@@ -92,10 +93,8 @@ class ConnectionGuard:
             )
 
     @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: web.RequestHandler
-    ) -> web.StreamResponse:
-        self._started.add(request.protocol)  # type: ignore[arg-type]
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._started.add(request.protocol)
         if request.body_exists:
             try:
                 async with asyncio.timeout(self.body_timeout):

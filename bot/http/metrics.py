@@ -15,10 +15,13 @@ set (keep it off the public address); with `METRICS_TOKEN` set, only to
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from bot.config import Config
@@ -39,7 +42,7 @@ class _Figures(Collector):
     ) -> None:
         self.charged, self.pending, self.webhooks = charged, pending, webhooks
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         tokens = CounterMetricFamily(
             "bot_tokens_charged",
             "Tokens charged (the ledger's audit log), by operation and the account's plan",
@@ -78,7 +81,7 @@ async def _figures(ledger: Ledger) -> _Figures:
     )
 
 
-def metrics_handler(config: Config, ledger: Ledger, telemetry: Telemetry):  # type: ignore[no-untyped-def]
+def metrics_handler(config: Config, ledger: Ledger, telemetry: Telemetry) -> Handler:
     token = config.secrets.metrics_token
 
     async def metrics(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -109,7 +109,7 @@ class _Statement:
             return [parameters[n] for n in self.names]
         if parameters is None:
             return ()
-        return parameters  # type: ignore[no-any-return]
+        return parameters
 
     def render(self, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
         """The statement for these arguments' types, and the arguments it takes: a None
@@ -202,7 +202,7 @@ class PgConnection:
     async def execute_fetchall(self, sql: str, parameters: Any = ()) -> list[Any]:
         statement = _statement(sql)
         text, args = statement.render(statement.args(parameters))
-        return await self.raw.fetch(text, *args)  # type: ignore[no-any-return]
+        return await self.raw.fetch(text, *args)
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> None:
         statement = _statement(sql)
@@ -280,6 +280,8 @@ class PostgresStore:
         # no other transaction waits on, so renewals never stall behind others' writes.
         self.stall_seconds = float("inf")
         self.stalled_at = float("-inf")
+        # Told the size of each write batch; here every write is a transaction of its own.
+        self.on_batch: Callable[[int], None] | None = None
         self._closed = False
 
     @classmethod
@@ -324,6 +326,8 @@ class PostgresStore:
                 self.batches += 1
                 self.operations += 1
                 self.last_write = time.monotonic()
+                if self.on_batch is not None:
+                    self.on_batch(1)
                 return result
             except _RETRYABLE as error:
                 if attempt == RETRIES:

@@ -78,6 +78,8 @@ class Store(Protocol):
     # writes kept from the database for `stall_seconds` (time.monotonic()), -inf if never.
     stall_seconds: float
     stalled_at: float
+    # Told the size of each write batch (the application's metrics); None: nobody asks.
+    on_batch: Callable[[int], None] | None
 
     async def write(self, op: Operation[T]) -> T: ...
 

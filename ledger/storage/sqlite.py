@@ -167,7 +167,7 @@ def drive(awaitable: Awaitable[T]) -> T:
     try:
         next(steps)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
     if isinstance(awaitable, Coroutine):
         awaitable.close()
     raise OperationSuspended("a write operation may await only its connection")

@@ -101,6 +101,11 @@ async def test_help_lists_the_commands_with_their_options(
 ) -> None:
     printed = await session(app_config, services, tmp_path / "out", "/help")
     assert "/agent create name: [prompt:]" in printed and "/tokens  (" in printed
+    # The real /help first, as text: each command's cost, the plan, the balance (issue 14).
+    assert printed.index("(5,000 tokens)") < printed.index("/agent create name: [prompt:]")
+    assert "You: Free, 250,000 tokens remaining" in printed and "Use `/upgrade`" in printed
+    alone = await session(app_config, services, tmp_path / "out", "help")
+    assert "/agent create name: [prompt:]" in alone and "tokens remaining" not in alone
 
 
 @pytest.mark.parametrize(

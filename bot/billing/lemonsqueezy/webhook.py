@@ -68,6 +68,11 @@ def _text(value: Any, name: str) -> str | None:
     return value
 
 
+def _currency(a: dict[str, Any]) -> str:
+    currency = a.get("currency")
+    return currency if isinstance(currency, str) else ""
+
+
 def _cents(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
@@ -146,7 +151,8 @@ def _subscription(sub_id: str, a: dict[str, Any]) -> SubscriptionState:
         raise Unreadable("no status or updated_at")
     pause = a.get("pause")
     mode = pause.get("mode") if isinstance(pause, dict) else None
-    urls = a.get("urls") if isinstance(a.get("urls"), dict) else {}
+    raw_urls = a.get("urls")
+    urls: dict[str, Any] = raw_urls if isinstance(raw_urls, dict) else {}
     return SubscriptionState(
         subscription_id=sub_id,
         status=status,
@@ -178,7 +184,7 @@ def _invoice(invoice_id: str, sub_id: str | None, a: dict[str, Any]) -> InvoiceS
         starts_period=reason in PERIOD_REASONS,
         total=total,
         refunded_amount=refunded,
-        currency=a.get("currency") if isinstance(a.get("currency"), str) else "",
+        currency=_currency(a),
     )
 
 
@@ -197,5 +203,5 @@ def _order(order_id: str, a: dict[str, Any]) -> OrderState:
         paid=status == "paid",
         total=total,
         refunded_amount=refunded,
-        currency=a.get("currency") if isinstance(a.get("currency"), str) else "",
+        currency=_currency(a),
     )

@@ -72,9 +72,9 @@ def chunk(
     different headings are cited apart."""
     if separate_pages:
         out: list[Chunk] = []
-        for number, page in enumerate(pages, start=1):
+        for number, page_text in enumerate(pages, start=1):
             for piece in chunk(
-                [page], target_tokens=target_tokens, overlap_tokens=overlap_tokens, model=model
+                [page_text], target_tokens=target_tokens, overlap_tokens=overlap_tokens, model=model
             ):
                 out.append(Chunk(len(out), number, piece.text, piece.tokens))
         return out

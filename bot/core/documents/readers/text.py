@@ -84,9 +84,9 @@ def decode(data: bytes) -> str:
         return _checked(data.decode("utf-8"), data)
     except UnicodeDecodeError:
         pass
-    if b"\x00" in data and (codec := _bomless_utf16(data)) is not None:
+    if b"\x00" in data and (utf16 := _bomless_utf16(data)) is not None:
         try:
-            return _checked(data.decode(codec), data)
+            return _checked(data.decode(utf16), data)
         except UnicodeDecodeError:
             raise InvalidInput(unsupported(data)) from None
     best = _best_guess(data[:DETECTION_BYTES])
