@@ -25,7 +25,6 @@ from bench.retrieval_quality import DOCUMENTS
 from bench.retrieval_quality import PACKAGES as RETRIEVAL_PACKAGES
 from bot.core.documents import extract
 from bot.core.documents.chunking import chunk
-from bot.core.documents.pieces import embedded
 from bot.core.documents.readers import budget, pdf
 from bot.core.documents.service import ESTIMATE_MARGIN
 from bot.core.tokens import count_tokens
@@ -52,11 +51,9 @@ class Row:
 
 def measure(label: str, data: bytes, name: str) -> Row:
     extracted = extract.extract(data, max_bytes=1 << 30, max_pages=100_000, filename=name)
-    pieces = embedded(
-        chunk(extracted.pages, model=MODEL, separate_pages=extracted.kind != "pdf"), MODEL
-    )
-    real = sum(count_tokens(p, MODEL) for e in pieces for p in e.pieces)
-    hold = math.ceil(sum(e.tokens for e in pieces) * ESTIMATE_MARGIN)
+    chunks = chunk(extracted.pages, model=MODEL, separate_pages=extracted.kind != "pdf")
+    real = sum(count_tokens(c.text, MODEL) for c in chunks)  # what the API bills
+    hold = math.ceil(sum(c.tokens for c in chunks) * ESTIMATE_MARGIN)
     sampled = None
     if extracted.kind == "pdf" and extracted.page_count > budget.SAMPLE_PAGES:
         # The sample as the reader takes it: the same pages, normalised the same way.

@@ -174,21 +174,6 @@ def test_bad_parameters_are_programming_errors(target: int, overlap: int) -> Non
         chunk(["text"], target_tokens=target, overlap_tokens=overlap)
 
 
-def test_a_chunk_is_embedded_as_halves_cut_at_a_space_and_a_short_one_whole() -> None:
-    from bot.core.documents.pieces import MIN_PIECE_TOKENS, embedded, split
-
-    text = " ".join(f"word{i}" for i in range(200))
-    halves = split(text, 400)
-    assert len(halves) == 2 and all(halves)
-    assert " ".join(halves) == text
-    assert abs(len(halves[0]) - len(halves[1])) < 20
-    assert split("a short one", 3) == ["a short one"]
-    assert split("x" * 5000, 2 * MIN_PIECE_TOKENS) == ["x" * 5000]  # no space to cut at
-    (one,) = embedded(chunk([text], target_tokens=500), "text-embedding-3-small")
-    assert one.pieces == tuple(halves)
-    assert one.tokens == sum(count_tokens(p, "text-embedding-3-small") for p in halves)
-
-
 def test_a_chunk_ends_before_a_numbered_section_title() -> None:
     before = "Factors group the components of other vectors. " * 12
     after = "An R list is an ordered collection of objects. " * 12

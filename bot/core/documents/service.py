@@ -25,8 +25,7 @@ from bot.core.agents import AgentService
 from bot.core.ai import AIGateway
 from bot.core.documents import extract
 from bot.core.documents.boilerplate import is_boilerplate
-from bot.core.documents.chunking import chunk
-from bot.core.documents.pieces import Embedded, embedded
+from bot.core.documents.chunking import Chunk, chunk
 from bot.core.documents.readers import Extracted
 from bot.core.documents.readers.budget import BeyondBudget
 from bot.core.documents.retrieval import Retriever, to_blob
@@ -60,17 +59,15 @@ class UploadResult:
     batches: int
 
 
-def batches(chunks: list[Embedded]) -> list[list[Embedded]]:
-    """Chunks in requests of at most BATCH_CHUNKS inputs (pieces) and BATCH_TOKENS."""
-    out: list[list[Embedded]] = []
-    current: list[Embedded] = []
-    inputs = tokens = 0
+def batches(chunks: list[Chunk]) -> list[list[Chunk]]:
+    out: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    tokens = 0
     for c in chunks:
-        if current and (inputs + len(c.pieces) > BATCH_CHUNKS or tokens + c.tokens > BATCH_TOKENS):
+        if current and (len(current) >= BATCH_CHUNKS or tokens + c.tokens > BATCH_TOKENS):
             out.append(current)
-            current, inputs, tokens = [], 0, 0
+            current, tokens = [], 0
         current.append(c)
-        inputs += len(c.pieces)
         tokens += c.tokens
     if current:
         out.append(current)
@@ -112,8 +109,8 @@ class DocumentService:
     async def close(self) -> None:
         await self.extraction.close()
 
-    def estimate(self, chunks: list[Embedded]) -> int:
-        """The hold: the pieces' real tokens plus the margin, weighted like the charge."""
+    def estimate(self, chunks: list[Chunk]) -> int:
+        """The hold: the chunks' real tokens plus the margin, weighted like the charge."""
         model = self.config.openai.embedding_model
         return self.meter.weighted(
             model, math.ceil(sum(c.tokens for c in chunks) * ESTIMATE_MARGIN)
@@ -167,10 +164,7 @@ class DocumentService:
                 needed, balance.available, balance.plan_type, approximate=True
             ) from None
         chunks = await asyncio.to_thread(
-            lambda: embedded(
-                chunk(extracted.pages, model=model, separate_pages=extracted.kind != "pdf"),
-                model,
-            )
+            chunk, extracted.pages, model=model, separate_pages=extracted.kind != "pdf"
         )
         if not chunks:
             raise InvalidInput("That file has no text to learn from.")
@@ -180,37 +174,33 @@ class DocumentService:
         groups = batches(chunks)
         name = clean_name(filename)
 
-        async def call() -> tuple[list[np.ndarray], int]:
-            vectors: list[np.ndarray] = []  # per chunk: its pieces' rows
+        async def call() -> tuple[np.ndarray, int]:
+            vectors: list[np.ndarray] = []
             tokens = 0
             for number, group in enumerate(groups, start=1):
                 await report(f"Embedding: batch {number} of {len(groups)}…")
-                result = await self.ai.embed([p for c in group for p in c.pieces])
-                rows = result.vectors.astype(np.float32)
-                start = 0
-                for c in group:
-                    vectors.append(rows[start : start + len(c.pieces)])
-                    start += len(c.pieces)
+                result = await self.ai.embed([c.text for c in group])
+                vectors.append(result.vectors)
                 tokens += result.total_tokens
                 await self.meter.keep_alive()  # progress: the hold must not lapse under it
-            return vectors, tokens
+            return np.vstack(vectors).astype(np.float32), tokens
 
         document_ids: list[int] = []
 
-        async def store(conn: Connection, result: tuple[list[np.ndarray], int]) -> None:
+        async def store(conn: Connection, result: tuple[np.ndarray, int]) -> None:
             vectors, tokens = result
             await self.repo.require_agent_in(conn, actor.account_id, agent.id)
             _check_room(len(chunks), await self.repo.chunk_count_in(conn, actor.account_id), limits)
             rows = [
                 (
-                    e.chunk.index,
-                    e.chunk.page,
-                    extracted.label(e.chunk.page),
-                    is_boilerplate(e.chunk.text),
-                    e.chunk.text,
-                    to_blob(v),  # the pieces' vectors, one after another
+                    c.index,
+                    c.page,
+                    extracted.label(c.page),
+                    is_boilerplate(c.text),
+                    c.text,
+                    to_blob(v),
                 )
-                for e, v in zip(chunks, vectors, strict=True)
+                for c, v in zip(chunks, vectors, strict=True)
             ]
             document_ids.append(
                 await self.repo.insert_document_in(
