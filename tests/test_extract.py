@@ -224,3 +224,16 @@ def test_pdf_numbered_section_titles_are_paragraphs_of_their_own() -> None:
     (text,) = run(make_pdf([page])).pages
     assert "\n\n6.1 Lists\n\n" in text
     assert "\n\n" + long not in text.split("6.1 Lists", 1)[0]  # nothing else split
+
+
+def test_pdf_accents_drawn_after_their_letter_are_put_on_it() -> None:
+    """TeX's typewriter fonts draw an accent after its letter (even after the word) and
+    move it back over it: the characters' boxes put it on the letter it is drawn over."""
+    from tests.pdfs import pdf_page
+
+    stream = (
+        b"BT /F1 11 Tf 50 800 Td [(opcio) 445 (\xb4)] TJ ( megadni) Tj ET\n"
+        b"BT /F1 11 Tf 50 780 Td [(fajl) 888 (\xb4) -555 (n\xe9v)] TJ ET"
+    )
+    (text,) = run(pdf_page(stream)).pages
+    assert text.split() == ["opció", "megadni", "fájlnév"]

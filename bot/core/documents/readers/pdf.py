@@ -7,8 +7,10 @@ faster than pdftotext, which pypdf does 5-15 times slower.
 
 Promises:
 - Text is NFC with accents composed (Ghostscript's "spacing accent, then letter" pairs
-  become the accented letter), ligatures and other presentation forms expanded ("ﬁ" ->
-  "fi"), soft line-end hyphens rejoined, control characters removed.
+  become the accented letter; an accent drawn after its letter, as in TeX's typewriter
+  fonts, is put on the letter it is drawn over, by the characters' boxes), ligatures
+  and other presentation forms expanded ("ﬁ" -> "fi"), soft line-end hyphens rejoined,
+  control characters removed.
 - Paragraphs: a line clearly shorter than the page's lines that ends a sentence ends
   its paragraph (a blank line follows), so chunks can follow the document's paragraphs.
 - Running headers and footers (a first or last line repeated, numbers aside, on many
@@ -175,11 +177,77 @@ def _page_text(
             characters = textpage.count_chars()
             if characters > room:
                 raise InvalidInput(too_much(limits))
-            return textpage.get_text_bounded(), characters
+            text = textpage.get_text_bounded()
+            if _DISPLACED.search(text):
+                text = _accents_placed(textpage, text) or text
+            return text, characters
         finally:
             textpage.close()
     finally:
         page.close()
+
+
+# A spacing accent not followed by a letter: drawn after it, as TeX does in a
+# typewriter font ("f´ajln´ev" in prose, "fajln ´ ev´" in code). The grave is left out:
+# a backtick in code is not an accent.
+_DISPLACED = re.compile(r"[\u00b4\u02dd\u00a8\u02c6\u02dc\u02c7\u02d8\u02da\u02d9\u00af](?!\w)")
+_WINDOW = 16  # characters either side where an accent's letter is looked for
+_TOUCHING = 1.5  # points between two glyphs of one word (a word's space is about 3)
+
+
+def _soft(text: str) -> str:
+    return text.replace("\ufffe", "\x02")  # the two marks PDFium gives a soft hyphen
+
+
+def _accents_placed(textpage: pdfium.PdfTextPage, bounded: str) -> str | None:
+    """The page's text with each displaced spacing accent put on the letter it is drawn
+    over (by the characters' boxes, as pdftotext places them), and the spaces PDFium made
+    up around it removed; None when that text is not the bounded one's (characters off
+    the page) or nothing moved."""
+    count = textpage.count_chars()
+    full = textpage.get_text_range(0, count)
+    if len(full) != count or _soft(full) != _soft(bounded):
+        return None
+    boxes = [textpage.get_charbox(i) for i in range(count)]
+    marks: dict[int, list[str]] = {}
+    dropped: set[int] = set()
+    for at, char in enumerate(full):
+        if char not in _ACCENTS or char == "`":
+            continue
+        left, bottom, right, _ = boxes[at]
+        if right <= left:
+            continue
+        centre = (left + right) / 2
+        letter = None
+        for j in range(max(0, at - _WINDOW), min(count, at + _WINDOW)):
+            if j == at or not full[j].isalpha():
+                continue
+            l2, b2, r2, t2 = boxes[j]
+            # Over the letter: across its width, above its foot, near its top.
+            if l2 - 0.5 <= centre <= r2 + 0.5 and b2 < bottom and bottom - t2 < 4:
+                if letter is None or abs(j - at) < abs(letter - at):
+                    letter = j
+        if letter is None or letter == at + 1:
+            continue  # not over a letter, or before it: normalize() composes that
+        marks.setdefault(letter, []).append(_ACCENTS[char])
+        dropped.add(at)
+        # PDFium makes up spaces (boxes of no width) around an accent drawn out of
+        # order; they go when the characters either side of them touch (one word),
+        # and one stays when they are a word's space apart.
+        before, after = at - 1, at + 1
+        while before >= 0 and full[before] == " " and boxes[before][2] <= boxes[before][0]:
+            before -= 1
+        while after < count and full[after] == " " and boxes[after][2] <= boxes[after][0]:
+            after += 1
+        made_up = [*range(before + 1, at), *range(at + 1, after)]
+        if 0 <= before and after < count and made_up:
+            touching = 0 <= boxes[after][0] - boxes[before][2] < _TOUCHING
+            dropped.update(made_up if touching else made_up[1:])
+    if not marks:
+        return None
+    return "".join(
+        char + "".join(marks.get(i, ())) for i, char in enumerate(full) if i not in dropped
+    )
 
 
 _DIGITS = re.compile(r"\d+")
