@@ -172,12 +172,3 @@ def test_non_latin_scripts_stay_within_bounds() -> None:
 def test_bad_parameters_are_programming_errors(target: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         chunk(["text"], target_tokens=target, overlap_tokens=overlap)
-
-
-def test_a_chunk_ends_before_a_numbered_section_title() -> None:
-    before = "Factors group the components of other vectors. " * 12
-    after = "An R list is an ordered collection of objects. " * 12
-    page = f"{before.strip()}\n\n6.1 Lists\n\n{after.strip()}"
-    chunks = chunk([page], target_tokens=200, overlap_tokens=0)
-    assert chunks[0].text.endswith("vectors.")
-    assert chunks[1].text.startswith("6.1 Lists\nAn R list is")

@@ -218,14 +218,6 @@ def test_binary_with_nul_bytes_is_still_refused() -> None:
         extract(blob, max_bytes=LIMIT, max_pages=PAGES)
 
 
-def test_pdf_numbered_section_titles_are_paragraphs_of_their_own() -> None:
-    long = "Suppose we have a sample of thirty tax accountants from all the states and"
-    page = "\n".join([long, long, "and their incomes.", "6.1 Lists", long, long, long])
-    (text,) = run(make_pdf([page])).pages
-    assert "\n\n6.1 Lists\n\n" in text
-    assert "\n\n" + long not in text.split("6.1 Lists", 1)[0]  # nothing else split
-
-
 def test_pdf_accents_drawn_after_their_letter_are_put_on_it() -> None:
     """TeX's typewriter fonts draw an accent after its letter (even after the word) and
     move it back over it: the characters' boxes put it on the letter it is drawn over."""

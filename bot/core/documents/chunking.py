@@ -5,10 +5,9 @@ Promises:
 - Whitespace is normalized (runs become one space; a paragraph break becomes one
   newline) and no chunk is empty.
 - Every chunk's `tokens` is `count_tokens(chunk.text, model)`, by the embedding model's
-  real tokenizer, and is at most `target_tokens`; pieces are cut before a numbered
-  section title ("6.1 Lists" on a paragraph of its own) past the first third of the
-  window, else at paragraph boundaries, then sentences, then words, and only a "word"
-  longer than a chunk (text without spaces) is cut mid-word.
+  real tokenizer, and is at most `target_tokens`; pieces are cut at paragraph boundaries
+  first, then sentences, then words, and only a "word" longer than a chunk (text without
+  spaces) is cut mid-word.
 - Consecutive chunks share a small overlap (the last words of the previous chunk, at
   most `overlap_tokens`), so a sentence cut at a boundary is still found whole.
 - `Chunk.page` is the 1-based page where the chunk's new text starts (the overlap
@@ -42,9 +41,6 @@ _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
 # Latin sentence ends are followed by a space; CJK full stops by nothing. The cut falls
 # just after the mark.
 _SENTENCE_ENDS = (". ", "! ", "? ", "… ", "。", "！", "？")
-# A paragraph that is a numbered section title ("6.1 Lists", "4 Ordered factors"): the
-# newline before it, the title, the newline after it.
-_HEADING = re.compile(r"\n(?=(?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,4}\.?[ ][^\W\d_][^.!?;:,\n]{0,80}\n)")
 
 
 @dataclass(frozen=True)
@@ -163,13 +159,6 @@ def _next_cut(
 
 def _boundary(window: str) -> int:
     half = len(window) // 2
-    # A section title in the window's last two thirds: the chunk ends before it, so a
-    # section's opening is not the tail of the previous section's chunk.
-    heading = -1
-    for match in _HEADING.finditer(window, len(window) // 3):
-        heading = match.start()  # the lookahead needs the title's whole line in the window
-    if heading > 0:
-        return heading
     paragraph = window.rfind("\n")
     if paragraph > half:
         return paragraph

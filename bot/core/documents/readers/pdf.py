@@ -252,9 +252,6 @@ def _accents_placed(textpage: pdfium.PdfTextPage, bounded: str) -> str | None:
 
 _DIGITS = re.compile(r"\d+")
 _ENDS_SENTENCE = (".", "!", "?", ":", "。", "！", "？")
-# A numbered section title on a line of its own: "4 Ordered factors", "6.1 Lists",
-# "A.2 Options". It is its own paragraph, so chunks can start at it.
-_HEADING = re.compile(r"^(?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,4}\.?\s+[^\W\d_][^.!?;:,]*$")
 
 
 def _without_running_lines(pages: list[str]) -> list[str]:
@@ -290,14 +287,11 @@ def _paragraphs(page: str) -> str:
     if len(lengths) < 3:
         return page
     typical = lengths[len(lengths) * 4 // 5]  # most lines of a column run this long
-    out: list[str] = []
+    out = []
     for line in lines:
-        stripped = line.strip()
-        heading = len(stripped) < 0.8 * typical and _HEADING.match(stripped) is not None
-        if heading and out and out[-1]:
-            out.append("")
         out.append(line)
-        if heading or (stripped.endswith(_ENDS_SENTENCE) and len(stripped) < 0.8 * typical):
+        stripped = line.rstrip()
+        if stripped.endswith(_ENDS_SENTENCE) and len(stripped.strip()) < 0.8 * typical:
             out.append("")
     return "\n".join(out)
 
