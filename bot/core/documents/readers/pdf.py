@@ -140,7 +140,8 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
     for index in range(count):
         try:
             room = limits.max_characters - characters
-            raw, chars = read_early.pop(index, None) or _page_text(document, index, room, limits)
+            early = read_early.pop(index, None)
+            raw, chars = early if early is not None else _page_text(document, index, room, limits)
             characters += chars
             if characters > limits.max_characters:
                 raise InvalidInput(too_much(limits))
