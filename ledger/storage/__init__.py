@@ -6,7 +6,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ledger.storage.protocol import Checkpointed, Compacted, Connection, Operation, Row, Store
+from ledger.storage.protocol import (
+    Checkpointed,
+    Committed,
+    Compacted,
+    Connection,
+    Operation,
+    Row,
+    Store,
+)
 
 
 def lock_rows(conn: object) -> str:
@@ -41,6 +49,7 @@ async def open_store(database: str | Path, *, secure_delete: bool = False) -> St
 
 __all__ = [
     "Checkpointed",
+    "Committed",
     "Compacted",
     "Connection",
     "Operation",

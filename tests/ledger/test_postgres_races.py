@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from ledger import InsufficientTokens, Ledger, ManualClock
+from ledger.errors import StoreBusy
+from ledger.storage import Connection, postgres
 from tests.children import bot_env
 from tests.stores import fresh_schema
 
@@ -167,3 +169,66 @@ async def test_a_killed_process_holds_are_freed_by_another_after_its_lease(dsn: 
         balance = await ledger.balance(ACCOUNT)
         assert (balance.tokens_held, balance.tokens_used) == (0, 0)
         assert await ledger.verify(full=True) == []
+
+
+async def test_incremental_verify_never_passes_a_lower_id_that_commits_late(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids are not handed out in commit order: a write that took the lower audit id can
+    commit after one that took a higher id. A verify that summed through the higher id
+    and recorded it would never count the late row (and report its account forever)."""
+    monkeypatch.setattr(postgres, "FENCE_TIMEOUT_MS", 50)
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.grant(ACCOUNT, 10, "cli:op", "before")
+        assert await ledger.verify() == []
+        took_id, finish = asyncio.Event(), asyncio.Event()
+
+        async def slow(conn: Connection) -> None:
+            await ledger.grant_in(conn, ACCOUNT, 1_000, "cli:op", "slow")
+            took_id.set()
+            await finish.wait()
+
+        slow_write = asyncio.create_task(ledger.store.write(slow))
+        try:
+            await took_id.wait()
+            await ledger.grant("guild:10", 7, "cli:op", "quick")  # a higher id, committed first
+            with pytest.raises(StoreBusy):  # the fence waits for the open write, not past it
+                await ledger.verify()
+        finally:
+            finish.set()
+            await slow_write
+
+        assert await ledger.verify() == []
+        assert await ledger.verify() == []  # from the checkpoint the run above recorded
+        assert (await ledger.balance(ACCOUNT)).bonus_tokens == 1_010
+
+
+async def test_incremental_verifies_stay_clean_while_writers_run(dsn: str) -> None:
+    clock = ManualClock()
+    ledgers = [await Ledger.open(dsn, clock=clock) for _ in range(2)]
+    try:
+        await ledgers[0].verify()
+        running = True
+        rng = random.Random(7)
+
+        async def write(ledger: Ledger, account: str) -> None:
+            for _ in range(12):
+                await ledger.grant(account, 100, "cli:op", "race")
+                hold = await ledger.reserve(account, 50, "chat", user_id=1)
+                await ledger.commit(hold, rng.randint(0, 60))
+
+        async def verify() -> list[str]:
+            found = []
+            while running:
+                found += [str(v) for v in await ledgers[1].verify()]
+            return found
+
+        checking = asyncio.create_task(verify())
+        await asyncio.gather(*(write(ledgers[n % 2], f"guild:{n}") for n in range(4)))
+        running = False
+        assert await checking == []
+        assert await ledgers[0].verify() == []
+        assert await ledgers[0].verify(full=True) == []
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
