@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from ledger import Plan
+from ledger.storage import is_postgres
 
 DEFAULT_PATH = Path("config.toml")
 
@@ -354,7 +355,8 @@ def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -
 
 
 def _beside(folder: Path, value: str) -> str:
-    if value == ":memory:" or Path(value).is_absolute():
+    # A PostgreSQL address is no path: joined to the folder it would name a SQLite file.
+    if value == ":memory:" or is_postgres(value) or Path(value).is_absolute():
         return value
     return str(folder / value)
 

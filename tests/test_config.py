@@ -96,6 +96,19 @@ def test_file_values_and_environment_overrides(
     assert (plans["free"].monthly_tokens, plans["pro"].monthly_tokens) == (500_000, 10_000_000)
 
 
+def test_a_postgresql_address_is_not_made_a_path_beside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = "postgresql://bot@db.internal:5432/bot?search_path=bot"
+    path = write(tmp_path, f'[storage]\ndatabase = "{address}"\n')
+    assert load(str(path), env_file=None).storage.database == address
+    monkeypatch.setenv("BOT_STORAGE__DATABASE", address)  # nor when the environment says it
+    assert (
+        load(str(write(tmp_path, "[limits]\nmax_grant = 5\n")), env_file=None).storage.database
+        == address
+    )
+
+
 def test_bot_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "[webhooks]\nport = 9090\n", name="elsewhere.toml")
     monkeypatch.setenv("BOT_CONFIG", str(path))
