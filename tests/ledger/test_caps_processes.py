@@ -4,7 +4,6 @@ exactly as within one process."""
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 from ledger import Ledger
 from tests.ledger.test_processes import Children, children  # noqa: F401 (fixture)
@@ -56,9 +55,9 @@ WORKER = textwrap.dedent(
 
 async def test_two_processes_keep_a_members_cap_and_raise_each_alert_once(
     children: Children,  # noqa: F811
-    db_path: Path,
+    database: str,
 ) -> None:
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         await ledger.set_cap(ACCOUNT, "member", 5, 30_000, actor="user:9", reason="test")
 
     reports = children.race(2, WORKER, 40)
@@ -69,7 +68,7 @@ async def test_two_processes_keep_a_members_cap_and_raise_each_alert_once(
     assert sum(r["capped"] for r in reports) > 0
     assert sum(r["5"] + r["6"] for r in reports) == 250  # the pool ran out exactly
     assert sorted(a for r in reports for a in r["alerts"]) == [0, 20]
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         spending = await ledger.member_spending(ACCOUNT, 5)
         assert (spending.tokens_used, spending.tokens_held) == (30_000, 0)
         assert (await ledger.balance(ACCOUNT)).tokens_used == 250_000
