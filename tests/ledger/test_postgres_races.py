@@ -4,6 +4,7 @@ must still never overspend, lose an update, or leave verify anything to find."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import subprocess
@@ -61,6 +62,29 @@ HOLDER = textwrap.dedent(
 )
 
 
+# A `run` process up to its commands sync: its sharded client, its ledger, the leader
+# question that decides whether it syncs (bot/front/app.py, setup_hook).
+SHARD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from bot.config import Config, DiscordSettings
+    from bot.front.app import make_bot
+    from ledger import Ledger
+
+    async def main(dsn, shard):
+        bot = make_bot(Config(discord=DiscordSettings(shard_count=2, shard_ids=[shard])))
+        async with await Ledger.open(dsn) as ledger:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            leads = await ledger.lead("commands")
+            print(json.dumps({"shards": bot.shard_ids, "syncs": leads}), flush=True)
+            sys.stdin.readline()  # keep the lease until the test has both answers
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
 @pytest.fixture
 async def dsn() -> AsyncIterator[str]:
     async with fresh_schema() as address:
@@ -70,6 +94,7 @@ async def dsn() -> AsyncIterator[str]:
 def _child(script: str, *args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -232,3 +257,32 @@ async def test_incremental_verifies_stay_clean_while_writers_run(dsn: str) -> No
     finally:
         for ledger in ledgers:
             await ledger.close()
+
+
+async def test_two_shard_processes_share_one_database_and_one_of_them_syncs(dsn: str) -> None:
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.balance(ACCOUNT)  # the schema, before the processes start
+    shards = [_child(SHARD, dsn, shard) for shard in (0, 1)]
+    try:
+        for proc in shards:
+            assert proc.stdout is not None and proc.stdin is not None
+            ready = await asyncio.to_thread(proc.stdout.readline)
+            assert ready == "ready\n", proc.communicate()[1]
+        answers = []
+        for proc in shards:  # both asked at once, both still running
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in shards:
+            assert proc.stdout is not None
+            answers.append(json.loads(await asyncio.to_thread(proc.stdout.readline)))
+        assert [a["shards"] for a in answers] == [[0], [1]]
+        assert sorted(a["syncs"] for a in answers) == [False, True]  # exactly one syncs
+        for proc in shards:
+            _, err = await asyncio.to_thread(proc.communicate, "\n", 60)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in shards:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
