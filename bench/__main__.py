@@ -22,6 +22,7 @@ MODULES = [
     "bench.memory_bench",
     "bench.cost_bench",
     "bench.chat_bench",
+    "bench.chat_load_bench",
 ]
 
 

@@ -249,6 +249,9 @@ class ChatSettings(_Section):
     channel_edits: int = Field(default=5, ge=1)  # edits and sends per channel per window
     channel_window_seconds: float = Field(default=5.0, gt=0, le=300)
     history_budget: int = Field(default=2000, ge=0)  # tokens of earlier turns sent along
+    # And at most this many earlier messages (whole exchanges): short turns would
+    # otherwise fill the token budget with hundreds, each costing CPU and prompt tokens.
+    history_messages: int = Field(default=20, ge=0, le=200)
     retrieval_depth: int = Field(default=5, ge=0, le=50)  # document excerpts per answer
     image_side: int = Field(default=1024, ge=64, le=4096)  # longer side sent to the model
     image_hold_tokens: int = Field(default=3000, ge=0)  # held per image before the call

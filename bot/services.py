@@ -59,8 +59,9 @@ class Services:
         ai: AIGateway | None = None,
         clock: Clock | None = None,
         kind: str = "bot",
+        check_pages: bool = True,
     ) -> Services:
-        ledger = await open_ledger(config, kind, clock=clock, check_pages=True)
+        ledger = await open_ledger(config, kind, clock=clock, check_pages=check_pages)
         try:
             repo = Repository(ledger.store)
             await repo.migrate()

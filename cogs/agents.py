@@ -147,7 +147,8 @@ class AgentsCog(FeatureCog):
             lost.append("its uploaded avatar")
         if summary.documents:
             lost.append(
-                f"{summary.documents:,} documents and their {summary.chunks:,} chunks "
+                f"{summary.documents:,} document{'' if summary.documents == 1 else 's'} "
+                f"and {summary.chunks:,} chunks "
                 f"({summary.document_tokens:,} tokens were spent learning them)"
             )
         lost.append("Tokens already spent are not refunded.")

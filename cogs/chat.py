@@ -33,7 +33,7 @@ from bot.front.replies import (
     insufficient_embed,
     reply,
 )
-from bot.front.streaming import EditBudget, Gone, LiveAnswer, Surface
+from bot.front.streaming import Clock, EditBudget, Gone, LiveAnswer, Sleep, Surface
 from cogs._base import FeatureCog, agent_names
 from ledger import InsufficientTokens
 
@@ -63,7 +63,13 @@ class ChatCog(FeatureCog):
     def __init__(self, bot: Any) -> None:
         super().__init__(bot)
         settings = bot.config.chat
-        self.budget = EditBudget(settings.channel_edits, settings.channel_window_seconds)
+        # The clock and sleep of every streamed answer (tests give a virtual pair, so the
+        # throttling they exercise costs no wall-clock time).
+        self.clock: Clock = time.monotonic
+        self.sleep: Sleep = asyncio.sleep
+        self.budget = EditBudget(
+            settings.channel_edits, settings.channel_window_seconds, lambda: self.clock()
+        )
         self.webhooks = WebhookCache()
         self.running: dict[int, set[asyncio.Task[Any]]] = {}  # thread id -> its answers
         self._rules: dict[int, tuple[CommandRules, float]] = {}
@@ -143,6 +149,8 @@ class ChatCog(FeatureCog):
             getattr(channel, "id", 0),
             self.budget,
             interval=settings.edit_interval_seconds,
+            clock=self.clock,
+            sleep=self.sleep,
         )
         task = asyncio.current_task()
         key = getattr(channel, "id", None)
@@ -194,6 +202,8 @@ class ChatCog(FeatureCog):
                 live.channel_id,
                 self.budget,
                 interval=live.interval,
+                clock=self.clock,
+                sleep=self.sleep,
             )
             fallback.text = live.text
             try:

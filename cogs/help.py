@@ -75,8 +75,9 @@ class HelpCog(FeatureCog):
             )
             embed.add_field(
                 name="Upgrade",
-                value=f"Pro: {pro.monthly_tokens:,} tokens a month and unlimited agents, "
-                f"{pro.price_label}. Use `/upgrade`" + (f" or {url}" if url else "") + ".",
+                value=f"Pro: {pro.summary}, {pro.price_label}. Use `/upgrade`"
+                + (f" or {url}" if url else "")
+                + ".",
                 inline=False,
             )
         await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)

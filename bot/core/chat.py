@@ -95,16 +95,28 @@ class _Reply:
     embed_tokens: int
 
 
-def trim_history(turns: list[Turn], budget: int) -> list[Turn]:
-    """The most recent turns whose tokens fit `budget`, oldest first."""
+def trim_history(turns: list[Turn], budget: int, max_messages: int) -> list[Turn]:
+    """The most recent exchanges (a question with its answer) that fit both `budget`
+    tokens and `max_messages` messages, oldest first. An exchange goes whole or not at
+    all: the model never sees an answer without its question, nor a question whose
+    answer was cut (the window that `turns` came from may have cut either)."""
+    exchanges: list[list[Turn]] = []
+    for turn in turns:
+        if turn.role == "user" or not exchanges:
+            exchanges.append([turn])
+        else:
+            exchanges[-1].append(turn)
+    if exchanges and exchanges[0][0].role != "user":
+        exchanges.pop(0)  # an answer whose question is older than the window
     kept: list[Turn] = []
     used = 0
-    for turn in reversed(turns):
-        if used + turn.tokens > budget:
+    for exchange in reversed(exchanges):
+        tokens = sum(t.tokens for t in exchange)
+        if used + tokens > budget or len(kept) + len(exchange) > max_messages:
             break
-        kept.append(turn)
-        used += turn.tokens
-    return list(reversed(kept))
+        kept[:0] = exchange
+        used += tokens
+    return kept
 
 
 def build_messages(
@@ -253,8 +265,11 @@ class ChatService:
         agent = await self.agents.get(actor, agent_name)
         conversation = await self._check_thread(agent, thread_key)
         settings = self.config.chat
-        turns = await self.repo.recent_turns(conversation.id) if conversation else []
-        history = trim_history(turns, settings.history_budget)
+        # One row more than can be sent: the oldest exchange in the window is then whole
+        # or dropped, never sent cut in half.
+        window = settings.history_messages + 1
+        turns = await self.repo.recent_turns(conversation.id, window) if conversation else []
+        history = trim_history(turns, settings.history_budget, settings.history_messages)
         depth = settings.retrieval_depth
         use_documents = depth > 0 and await self.retriever.has_chunks(agent.account_id, agent.id)
         cap = self.config.openai.max_completion_tokens

@@ -3,7 +3,9 @@ standard input, one a line, run through the very same cogs as the bot; prints wh
 bot would send, with Discord's markup rendered as the client shows it (bot/front/markup).
 In a server the user is its owner, or with `--member` a member without Manage Server.
 Files the bot would attach are saved into `--out` once per content, and their paths
-printed. Interactive, it greets with a banner; `/help` lists the commands."""
+printed. Interactive, it greets with a banner. `/help` runs the real /help (every command
+with its cost, the plan, the balance, the upgrade link) as text, then how each command is
+typed here; `help` alone prints only the latter."""
 
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from bot.services import Services
 from ledger import BalanceAlert
 
 
-def render(sent: Sent, out_dir: Path) -> str:
-    """One answer as the member would read it."""
+def render(sent: Sent, out_dir: Path, *, text_last: bool = False) -> str:
+    """One answer as the member would read it. `text_last`: its files before its text, so
+    edits that extend the text can go on printing on the same line."""
     if sent.kind == "defer":
         return "(thinking…)"
     if sent.kind == "modal":
@@ -33,12 +36,15 @@ def render(sent: Sent, out_dir: Path) -> str:
     lines = []
     if sent.ephemeral:
         lines.append("(only you can see this)")
+    files = [f"file: {save(file, out_dir)}" for file in sent.files]
+    if text_last:
+        lines += files
     if sent.text():
         lines.append(plain(sent.text()))
     for label, url in sent.buttons():
         lines.append(f"[{label}]({url})" if url else f"[{label}]")
-    for file in sent.files:
-        lines.append(f"file: {save(file, out_dir)}")
+    if not text_last:
+        lines += files
     return "\n".join(lines)
 
 
@@ -63,7 +69,12 @@ class StreamPrinter:
         if self.mid_line:
             print(file=self.output)
             self.mid_line = False
-        print(render(sent, self.out_dir), file=self.output, flush=True)
+        streamable = sent.kind == "followup" and bool(now) and not sent.buttons()
+        # A message that may grow (a streamed answer) ends on its text, with no newline:
+        # the edits that extend it continue the line.
+        shown = render(sent, self.out_dir, text_last=streamable)
+        print(shown, end="" if streamable else "\n", file=self.output, flush=True)
+        self.mid_line = streamable
         self.shown[id(sent.of or sent)] = now
 
     def end(self) -> None:
@@ -92,9 +103,12 @@ def banner(user_id: int, guild_id: int | None, member: bool) -> str:
         where = f"user {user_id} in server {guild_id}, as {role}"
     return (
         f"Agent bot console: slash commands as {where}.\n"
-        '/help lists the commands; e.g. /agent create name:Nova prompt:"You are kind". '
-        "Ctrl-D quits."
+        "/help lists the commands with their costs and your plan; "
+        'e.g. /agent create name:Nova prompt:"You are kind". Ctrl-D quits.'
     )
+
+
+CONSOLE_SYNTAX = "\nTyped here (options as name:value, optional ones in brackets):\n"
 
 
 def help_text(bot: AgentBot, guild_id: int | None) -> str:
@@ -156,11 +170,13 @@ async def run_console(
             if not line or line.startswith("#"):
                 continue
             print(f"> {line}", file=output)
-            if line in {"/help", "help"}:
+            if line == "help":
                 print(help_text(bot, guild_id), file=output, flush=True)
                 continue
             try:
                 await runner.run(line)  # the printer shows each answer as it comes
+                if line == "/help":  # /help's costs and plan, then how to type each here
+                    print(CONSOLE_SYNTAX + help_text(bot, guild_id), file=output, flush=True)
             except UsageError as error:
                 print(f"error: {error}", file=output)
                 continue

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from bot.config import OpenAISettings
@@ -112,3 +114,65 @@ async def test_the_client_holds_at_most_max_connections(fake_openai: Any) -> Non
         assert fake_openai.max_in_flight <= 3
     finally:
         await gateway.close()
+
+
+# Text, a history, and a vision turn: the shapes of message ChatService builds.
+_MESSAGES: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are Nova."},
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi there, héllo 🌌"},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/png;base64,AAAA", "detail": "auto"},
+            },
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_sends_what_the_sdk_create_would(fake_openai: Any, stream: bool) -> None:
+    """The gateway skips the SDK's typed transform of each message (bot/core/ai.py
+    `_chat_body`); what goes on the wire must still be what `create` sends: the same
+    path, auth header and JSON body."""
+    seen: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    async def record(request: Any) -> None:
+        body = json.loads(request.content)
+        seen.append((str(request.url), request.headers.get("authorization"), body))
+
+    settings = OpenAISettings(base_url=fake_openai.base_url, max_retries=0)
+    client = openai.DefaultAsyncHttpx2Client(event_hooks={"request": [record]})
+    gateway = AIGateway(settings, "k", strict=True, http_client=client)
+    try:
+        model = settings.chat_model
+        extra: dict[str, Any] = {}
+        if stream:
+            await gateway.chat_stream(_MESSAGES, _ignore, 50)
+            extra = {"stream": True, "stream_options": {"include_usage": True}}
+            answer = await gateway.client.chat.completions.create(
+                model=model, messages=_MESSAGES, max_completion_tokens=50, **extra
+            )
+            async for _ in answer:  # type: ignore[union-attr]
+                pass
+        else:
+            await gateway.chat(_MESSAGES, 50)
+            await gateway.client.chat.completions.create(
+                model=model,
+                messages=_MESSAGES,  # type: ignore[arg-type]
+                max_completion_tokens=50,
+            )
+    finally:
+        await gateway.close()
+    ours, sdks = seen
+    assert ours == sdks
+    assert ours[1] == "Bearer k" and ours[2]["messages"] == _MESSAGES
+    assert ours[2].get("stream", False) is stream
+
+
+async def _ignore(piece: str) -> None:
+    del piece

@@ -8,8 +8,11 @@ from typing import Any
 
 import aiohttp
 import discord
+import pytest
 
+from bot import heap
 from bot.config import Config
+from bot.core import tokens
 from bot.front.app import PERMISSIONS, AgentBot, intents_for, invite_url
 from bot.front.standin import CommandRunner
 from bot.services import Services
@@ -99,3 +102,45 @@ async def test_closing_twice_is_harmless(app_config: Config) -> None:
     await bot.close()
     await bot.close()  # a signal, then `async with`'s exit
     assert services.ledger.store._task is None
+
+
+async def test_start_up_freezes_the_heap_once_everything_is_loaded(
+    app_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`setup_hook` (the start path of `run`) ends by freezing what start-up built, after
+    the cogs and the tokenizers are loaded: a later full collection skips them."""
+    services = await Services.open(app_config)
+    bot = AgentBot(app_config, services)
+    loaded: list[str] = []
+    seen: list[tuple[int, list[str]]] = []
+
+    def encoding(model: str) -> Any:
+        loaded.append(model)
+        return tokens.encoding(model)
+
+    def freeze() -> None:  # not the real one: the test process's heap stays as it is
+        seen.append((len(bot.cogs), list(loaded)))
+
+    async def owners() -> None:
+        return None
+
+    async def sidecar() -> None:
+        return None
+
+    async def not_lead(name: str) -> bool:
+        return False
+
+    monkeypatch.setattr(heap, "encoding", encoding)
+    monkeypatch.setattr(heap.gc, "freeze", freeze)
+    monkeypatch.setattr(bot, "_load_owners", owners)
+    monkeypatch.setattr(bot, "_start_sidecar", sidecar)
+    monkeypatch.setattr(services.ledger, "start_maintenance", lambda: None)
+    monkeypatch.setattr(services.ledger, "lead", not_lead)
+    try:
+        await bot.setup_hook()
+    finally:
+        await bot.close()
+    assert len(seen) == 1  # frozen once, with every cog and tokenizer already loaded
+    cogs, models = seen[0]
+    assert cogs >= 5
+    assert {app_config.openai.chat_model, app_config.openai.embedding_model} <= set(models)

@@ -109,10 +109,53 @@ async def test_many_chats_with_little_balance_never_overspend(
     assert await services.ledger.verify() == []
 
 
+def _exchanges(count: int, tokens: int = 100) -> list[Turn]:
+    """`count` turns, a question then its answer, as the store keeps them."""
+    return [Turn("user" if i % 2 == 0 else "assistant", f"t{i}", tokens) for i in range(count)]
+
+
 def test_history_is_trimmed_to_the_budget() -> None:
-    turns = [Turn("user" if i % 2 == 0 else "assistant", f"t{i}", 100) for i in range(50)]
-    kept = trim_history(turns, 1000)
+    kept = trim_history(_exchanges(50), 1000, 50)
     assert len(kept) == 10 and kept[-1].content == "t49" and kept[0].content == "t40"
+
+
+def test_short_turns_are_bounded_by_message_count() -> None:
+    # 50 turns of 10 tokens fit a 2,000-token budget many times over: the count bounds.
+    kept = trim_history(_exchanges(50, tokens=10), 2000, 20)
+    assert [t.content for t in kept] == [f"t{i}" for i in range(30, 50)]
+
+
+def test_an_exchange_is_never_split() -> None:
+    turns = _exchanges(6)
+    # 350 tokens hold three turns, 5 messages hold five: both keep whole pairs only.
+    assert [t.content for t in trim_history(turns, 350, 50)] == ["t4", "t5"]
+    assert [t.content for t in trim_history(turns, 10_000, 5)] == ["t2", "t3", "t4", "t5"]
+    # A window that begins with an answer has lost its question: the answer goes too.
+    assert [t.content for t in trim_history(turns[1:], 10_000, 50)] == ["t2", "t3", "t4", "t5"]
+    assert trim_history(turns, 10_000, 0) == [] and trim_history([], 100, 10) == []
+
+
+async def test_a_long_thread_sends_the_last_whole_exchanges(
+    as_user: Any, services: Services, fake_openai: Any
+) -> None:
+    dm: CommandRunner = as_user(7, guild_id=None)
+    await dm.run('/agent create name:Nova prompt:"An astronomer"')
+    agent = await services.repo.agent("user:7", "Nova")
+    assert agent is not None
+
+    async def seed(conn: Any) -> None:
+        conversation = await services.repo.open_conversation_in(
+            conn, f"{dm.channel_id}:{agent.id}", agent.id, "user:7"
+        )
+        await services.repo.add_turns_in(conn, conversation, _exchanges(60, tokens=8))
+
+    await services.ledger.store.write(seed)
+    services.config.chat.history_messages = 9  # odd: four whole exchanges fit
+    await dm.run('/chat agent:Nova message:"And now?"')
+    messages = fake_openai.completed("chat")[-1].body["messages"]
+    history = messages[1:-1]
+    assert [m["content"] for m in history] == [f"t{i}" for i in range(52, 60)]
+    assert history[0]["role"] == "user" and messages[-1]["content"] == "And now?"
 
 
 async def test_long_history_is_trimmed_in_the_request(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot.config import Config
 from bot.core.chat import AnswerCut, build_messages, count_delivered, estimate_prompt
 from bot.core.metering import Actor
 from bot.errors import AIUnavailable
@@ -18,6 +19,13 @@ from bot.services import Services
 
 ACTOR = Actor("guild:77", 1, 77)
 ANSWER = "Pulsars are rapidly spinning neutron stars that sweep beams of radio waves. " * 4
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 @pytest.fixture

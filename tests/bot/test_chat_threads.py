@@ -39,12 +39,16 @@ class Denied(discord.Forbidden):
 class FakeMessage:
     """A posted message: an edit changes what its entry in the log shows."""
 
-    def __init__(self, posted: Posted) -> None:
+    def __init__(self, posted: Posted, clock: Any = None) -> None:
         self.posted = posted
         self.edits = 0
+        self.clock = clock
+        self.edited_at: list[float] = []  # on `clock`, when the test gives one
 
     async def edit(self, content: str | None = None, **kwargs: Any) -> None:
         self.edits += 1
+        if self.clock is not None:
+            self.edited_at.append(self.clock())
         if content is not None:
             self.posted.content = content
         self.posted.kwargs.update(kwargs)
@@ -56,13 +60,16 @@ class FakeHook:
     def __init__(self, log: list[Posted]) -> None:
         self.log = log
         self.refuse: discord.HTTPException | None = None
+        self.clock: Any = None
+        self.messages: list[FakeMessage] = []
 
     async def send(self, content: str, **kwargs: Any) -> FakeMessage:
         if self.refuse is not None:
             raise self.refuse
         posted = Posted("webhook", content, kwargs)
         self.log.append(posted)
-        return FakeMessage(posted)
+        self.messages.append(FakeMessage(posted, self.clock))
+        return self.messages[-1]
 
 
 class FakeThread(discord.Thread):
@@ -229,3 +236,66 @@ async def test_plain_messages_in_the_thread_continue_when_message_content_is_on(
     assert "You have 10 tokens remaining. Upgrade to Pro for 10M tokens!" in refusal.description
     await services.ledger.release(hold)
     assert await services.ledger.verify() == []
+
+
+class TickingClock:
+    """Time that moves a quarter second each time it is read: an answer streaming through
+    the cog gets past its edit interval every few pieces, with no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.25
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+LONG = " ".join(f"Pulsar fact {i}: they spin fast." for i in range(40))
+
+
+async def test_an_answer_through_the_webhook_streams_by_editing_its_message(
+    owner: CommandRunner, bot: AgentBot, fake_openai: Any, nova: None
+) -> None:
+    bot.config.webhooks.public_url = "https://bot.example"
+    cog: Any = bot.get_cog("ChatCog")
+    clock = TickingClock()
+    cog.clock, cog.sleep = clock, clock.sleep
+    channel = FakeChannel(503, webhooks_allowed=True)
+    await cog.webhooks.get(channel)  # the channel's webhook, made once and kept
+    (hook,) = channel.hooks
+    hook.clock = clock
+    owner.channel = channel
+    fake_openai.chat_answer = LONG
+
+    await owner.run('/chat agent:Nova message:"Tell me about pulsars"')
+
+    (message,) = hook.messages  # one webhook message, grown in place
+    assert message.posted.content == LONG  # the whole answer, in the end
+    assert message.edits >= 3  # it streamed: edited as the text arrived
+    gaps = [b - a for a, b in zip(message.edited_at, message.edited_at[1:], strict=False)]
+    interval = bot.config.chat.edit_interval_seconds
+    assert all(gap >= interval for gap in gaps), gaps  # at most one edit per interval
+    assert not [p for p in channel.log if "embed" in p.kwargs]  # no fallback was needed
+
+
+async def test_a_dm_answer_streams_by_editing_its_followup(
+    as_user: Any, bot: AgentBot, fake_openai: Any
+) -> None:
+    cog: Any = bot.get_cog("ChatCog")
+    clock = TickingClock()
+    cog.clock, cog.sleep = clock, clock.sleep
+    dm: CommandRunner = as_user(7, guild_id=None)
+    await dm.run('/agent create name:Nova prompt:"A patient astronomer"')
+    fake_openai.chat_answer = LONG
+
+    sent = await dm.run('/chat agent:Nova message:"Tell me about pulsars"')
+
+    (first,) = [s for s in sent if s.kind == "followup" and s.embeds and "Pulsar" in s.text()]
+    edits = [s for s in sent if s.kind == "edit" and s.of is first]
+    assert len(edits) >= 3  # the followup grew in place
+    assert [len(e.text()) for e in edits] == sorted(len(e.text()) for e in edits)
+    assert edits[-1].embeds[0].description == LONG
+    assert first.embeds[0].author.name == "Nova"

@@ -38,7 +38,8 @@ async def test_agent_delete_names_what_is_lost_and_deletes_only_when_confirmed(
     shown = question.text()
     assert "Delete Nova?" in shown
     assert "generated avatar (at least 5,000 tokens" in shown
-    assert "1 documents and their" in shown and f"({taught:,} tokens were spent" in shown
+    assert "1 document and " in shown and f"({taught:,} tokens were spent" in shown
+    assert "Confirm within 60 seconds." in shown and confirm.CONFIRM_SECONDS == 60
     assert "Cancelled: nothing was changed." in text(asked)
     assert await services.repo.agent(ACCOUNT, "Nova") is not None
 

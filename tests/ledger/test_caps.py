@@ -1,5 +1,7 @@
 """Caps on members' spending inside a server's pool: checked in the reserve's transaction,
-most specific first, reset with the period, journaled, and checked by verify()."""
+most specific first, reset with the period, journaled, and checked by verify(). On both
+stores (tests/conftest.py's `database`), but for the migration case, which builds an old
+SQLite file by hand."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,12 +148,13 @@ async def test_every_cap_change_is_journaled(ledger: Ledger) -> None:
     assert await ledger.set_cap(ACCOUNT, "member", 5, 200, actor="user:8", reason="b") == 100
     assert await ledger.clear_cap(ACCOUNT, "member", 5, actor="user:9", reason="c") == 200
     assert await ledger.clear_cap(ACCOUNT, "member", 5, actor="user:9", reason="d") is None
-    rows = await ledger.store.reader.execute_fetchall(
+    found = await ledger.store.reader.execute_fetchall(
         "SELECT action, old_value, new_value, actor, reason FROM journal"
         " WHERE account_id = ? ORDER BY id",
         (ACCOUNT,),
     )
-    assert [tuple(r) for r in rows] == [
+    rows = [tuple(row) for row in found]
+    assert rows == [
         ("cap_member:5", None, "100", "user:9", "a"),
         ("cap_member:5", "100", "200", "user:8", "b"),
         ("cap_member:5", "200", None, "user:9", "c"),
@@ -158,20 +162,27 @@ async def test_every_cap_change_is_journaled(ledger: Ledger) -> None:
     assert await ledger.caps(ACCOUNT) == []
 
 
+async def _tamper(ledger: Ledger, sql: str) -> None:
+    """Change a row behind the ledger's back, as a hand-edit of the database would."""
+
+    async def op(conn: Any) -> None:
+        await conn.execute(sql)
+
+    await ledger.store.write(op)
+
+
 async def test_verify_catches_a_tampered_member_counter(ledger: Ledger) -> None:
     hold = await ledger.reserve(ACCOUNT, 1_000, "chat", user_id=5)
     await ledger.commit(hold, 800)
     await ledger.reserve(ACCOUNT, 300, "chat", user_id=5)
     assert await ledger.verify() == []
-    await ledger.store.write(
-        lambda conn: conn.execute("UPDATE member_spending SET tokens_used = 700, tokens_held = 0")
-    )
+    await _tamper(ledger, "UPDATE member_spending SET tokens_used = 700, tokens_held = 0")
     problems = [str(v) for v in await ledger.verify()]
     assert problems == [
         "guild:1: member 5 tokens_used 700 != their charges this period (800)",
         "guild:1: member 5 tokens_held 0 != their pending holds (300)",
     ]
-    await ledger.store.write(lambda conn: conn.execute("DELETE FROM member_spending"))
+    await _tamper(ledger, "DELETE FROM member_spending")
     problems = [str(v) for v in await ledger.verify()]
     assert problems == [
         "guild:1: member 5 has 800 tokens of charges this period but no spending counter for it"
@@ -181,7 +192,6 @@ async def test_verify_catches_a_tampered_member_counter(ledger: Ledger) -> None:
 async def test_the_migration_counts_what_members_spent_before_it(
     db_path: Path, clock: ManualClock
 ) -> None:
-    # SQLite only: a file of schema version 2, as a release before the caps left it.
     from ledger.schema import MIGRATIONS
 
     with closing(sqlite3.connect(db_path)) as conn, conn:

@@ -97,7 +97,8 @@ def _env(database: str) -> dict[str, str]:
 
 
 class Children:
-    """Child processes of one test; every one still running at the end is killed."""
+    """Child processes of one test; every one still running at the end is killed. Their
+    database is a SQLite file, or a PostgreSQL address."""
 
     def __init__(self, tmp_path: Path, database: str) -> None:
         self.tmp_path = tmp_path
