@@ -31,7 +31,6 @@ from pydantic_settings import (
 )
 
 from ledger import Plan
-from ledger.storage import is_postgres
 
 DEFAULT_PATH = Path("config.toml")
 
@@ -358,8 +357,9 @@ def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -
 
 
 def _beside(folder: Path, value: str) -> str:
-    # A PostgreSQL address is no path: joined to the folder it would name a SQLite file.
-    if value == ":memory:" or is_postgres(value) or Path(value).is_absolute():
+    # A database address (postgresql://...) is no path: taken as a path it became
+    # "<folder>/postgresql:/host/db".
+    if value == ":memory:" or "://" in value or Path(value).is_absolute():
         return value
     return str(folder / value)
 

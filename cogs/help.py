@@ -21,7 +21,7 @@ def costs_of(config: Any) -> dict[str, str]:
         if config.costs.avatar_upload
         else "free",
         "docs upload": "the embedding tokens of its text",
-        "chat": "the answer's tokens (prompt + reply) and the question's embedding",
+        "chat": "the answer's tokens (prompt, any image, reply) and the question's embedding",
         "upgrade": config.plans.pro.price_label or "see /upgrade",
     }
 

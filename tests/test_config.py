@@ -96,19 +96,6 @@ def test_file_values_and_environment_overrides(
     assert (plans["free"].monthly_tokens, plans["pro"].monthly_tokens) == (500_000, 10_000_000)
 
 
-def test_a_postgresql_address_is_not_made_a_path_beside_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    address = "postgresql://bot@db.internal:5432/bot?search_path=bot"
-    path = write(tmp_path, f'[storage]\ndatabase = "{address}"\n')
-    assert load(str(path), env_file=None).storage.database == address
-    monkeypatch.setenv("BOT_STORAGE__DATABASE", address)  # nor when the environment says it
-    assert (
-        load(str(write(tmp_path, "[limits]\nmax_grant = 5\n")), env_file=None).storage.database
-        == address
-    )
-
-
 def test_bot_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "[webhooks]\nport = 9090\n", name="elsewhere.toml")
     monkeypatch.setenv("BOT_CONFIG", str(path))
@@ -239,3 +226,25 @@ refund_policy = "downgrade"
     monkeypatch.delenv("BOT_BILLING__REFUND_POLICY")
     bad_pack = write(tmp_path, '[lemonsqueezy.packs]\n"1" = 0\n', name="pack.toml")
     assert "lemonsqueezy.packs" in one_line_error(bad_pack)
+
+
+def test_relative_storage_is_beside_the_file_and_an_address_stays_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "srv"
+    home.mkdir()
+    path = write(home, '[storage]\ndatabase = "state/bot.db"\ndata_dir = "files"\n')
+    config = load(str(path))
+    assert (config.storage.database, config.storage.data_dir) == (
+        str(home / "state" / "bot.db"),
+        str(home / "files"),
+    )
+    address = "postgresql://bot@db.internal:5432/bot"
+    write(home, f'[storage]\ndatabase = "{address}"\n')
+    assert load(str(path)).storage.database == address
+    monkeypatch.setenv("BOT_STORAGE__DATABASE", address)  # from the environment too
+    write(home, "")
+    assert load(str(path)).storage.database == address
+    # Without a file, relative paths stay relative to the working folder (as before).
+    monkeypatch.delenv("BOT_STORAGE__DATABASE")
+    assert load(env_file=None).storage.database == "data/bot.db"

@@ -68,6 +68,7 @@ class AgentSummary:
     documents: int
     chunks: int
     document_tokens: int = 0  # spent on learning its documents
+    avatar_tokens: int = 0  # spent on generating its avatars
 
 
 class AgentService:
@@ -131,7 +132,8 @@ class AgentService:
         """The agent a member may delete, with what deleting it would lose."""
         agent = await self.get_editable(actor, name)
         documents, chunks, tokens = await self.repo.agent_losses(agent.id)
-        return AgentSummary(agent, documents, chunks, tokens)
+        avatars = await self.repo.avatar_tokens(agent)
+        return AgentSummary(agent, documents, chunks, tokens, avatars)
 
     async def list(self, actor: Actor) -> builtins.list[Agent]:
         return await self.repo.agents(actor.account_id)

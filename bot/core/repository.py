@@ -349,6 +349,18 @@ class Repository:
         )
         return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
+    async def avatar_tokens(self, agent: Agent) -> int:
+        """Tokens charged for generating this agent's avatars (every generation, replaced
+        ones too): what deleting it throws away. Charges name their agent; the creation
+        time keeps out an earlier, deleted agent of the same name."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COALESCE(SUM(tokens_used), 0) FROM token_usage WHERE account_id = ?"
+            " AND agent = ? AND operation_type = 'avatar_generation' AND status = 'charged'"
+            " AND created_at >= ?",
+            (agent.account_id, agent.name, agent.created_at),
+        )
+        return int(rows[0][0])
+
     async def set_avatar_in(
         self, conn: Connection, agent_id: int, path: str, source: str
     ) -> str | None:

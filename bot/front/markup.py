@@ -57,7 +57,12 @@ def plain(
     current = now or datetime.now(UTC)
 
     def timestamp(found: re.Match[str]) -> str:
-        moment = datetime.fromtimestamp(int(found.group(1)), UTC)
+        try:
+            moment = datetime.fromtimestamp(int(found.group(1)), UTC)
+        except (ValueError, OverflowError, OSError):
+            # Past what a date holds (an AI's answer may write anything): the client
+            # shows such a stamp as typed, and so do we.
+            return found.group(0)
         style = found.group(2) or "f"
         if style == "R":
             return relative(moment, current)

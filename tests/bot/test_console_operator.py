@@ -27,6 +27,7 @@ def test_markup_reads_as_the_client_shows_it() -> None:
     )
     assert plain(f"<t:{stamp}:d> <t:{stamp}>", now=now) == "2027-01-03 3 January 2027 12:00 UTC"
     assert plain("<t:0:R>", now=now).endswith(" years ago")
+    assert plain("<t:9999999999999:R>", now=now) == "<t:9999999999999:R>"  # no traceback
     assert plain("✅ Created **Nova**. Try `/chat`.") == "✅ Created Nova. Try /chat."
     fenced = "```py\nx = `a` ** 2\n```"
     assert plain(fenced) == fenced  # a code block keeps its fences and its text
