@@ -79,6 +79,7 @@ class Services:
         ledger.store.on_batch = telemetry.write_batch
         agents = AgentService(config, ledger, repo)
         retriever = Retriever(repo, files=VectorFiles(config.data_path("vectors")))
+        agents.forget = retriever.forget
         telemetry.watch_retrieval(retriever.stats, ledger.store.reader)
         balances = BalanceService(config, ledger)
         services = cls(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.config import Config
@@ -76,6 +77,8 @@ class AgentService:
         self.config = config
         self.ledger = ledger
         self.repo = repo
+        # Told of each agent deleted here (the retriever forgets its matrix and files).
+        self.forget: Callable[[int], Awaitable[None]] | None = None
 
     async def create(self, actor: Actor, name: str, prompt: str) -> Agent:
         name = check_name(name)
@@ -126,6 +129,8 @@ class AgentService:
     async def delete(self, actor: Actor, name: str) -> Agent:
         agent = await self.get_editable(actor, name)
         await self.repo.delete_agent(agent.id)
+        if self.forget is not None:
+            await self.forget(agent.id)
         return agent
 
     async def summary(self, actor: Actor, name: str) -> AgentSummary:

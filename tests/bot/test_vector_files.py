@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from bot.core.documents import vector_files
 from bot.core.documents.retrieval import Retriever
 from bot.core.documents.vector_files import VectorFiles
+from bot.core.metering import Actor
+from bot.services import Services
 from tests.bot.test_retrieval import ACCOUNT, StubRepo
 
 
@@ -108,3 +111,44 @@ async def test_a_small_agent_gets_no_file(tmp_path: Path) -> None:
     await retriever.top_k(ACCOUNT, 1, np.ones(8, dtype=np.float32))
     await retriever.settle()
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_removing_a_document_or_the_agent_removes_its_files_at_once(
+    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through the services: a removed document's embeddings do not wait on disk for the
+    next load or the next start's sweep; nor do a deleted agent's."""
+    folder = services.config.data_path("vectors")
+    repo = services.repo
+    blobs = [np.full(4, i + 1, dtype="<f4").tobytes() for i in range(12)]
+
+    async def insert(conn: Any) -> int:
+        agent = await repo.insert_agent_in(conn, "guild:1", "Nova", "p", "1")
+        rows = [(i, 1, "", False, f"chunk {i}", blob) for i, blob in enumerate(blobs)]
+        await repo.insert_document_in(conn, agent.id, "a.txt", "text", 1, 9, "1", rows)
+        return agent.id
+
+    nova = await services.ledger.store.write(insert)
+    actor = Actor("guild:1", 1, 1, can_manage=True)
+    for remove in ("document", "agent"):
+        await services.retriever.top_k("guild:1", nova, np.ones(4, dtype=np.float32))
+        await services.retriever.settle()
+        assert any(folder.iterdir())
+        if remove == "document":
+            await services.documents.remove(actor, "Nova", "a.txt")
+            assert list(folder.iterdir()) == []
+            await services.ledger.store.write(
+                lambda conn: repo.insert_document_in(
+                    conn,
+                    nova,
+                    "b.txt",
+                    "text",
+                    1,
+                    9,
+                    "1",
+                    [(i, 1, "", False, f"chunk {i}", b) for i, b in enumerate(blobs)],
+                )
+            )
+        else:
+            await services.agents.delete(actor, "Nova")
+            assert list(folder.iterdir()) == []

@@ -176,6 +176,15 @@ class Retriever:
         self._cache.pop(agent_id, None)
         self._used.pop(agent_id, None)
 
+    async def forget(self, agent_id: int) -> None:
+        """The agent's documents changed here, or it was deleted: out of the cache, and
+        its vector files removed now rather than at the next load or sweep (a removed
+        document's embeddings do not stay on disk)."""
+        self.invalidate(agent_id)
+        if self.files is not None:
+            await self.settle()  # a file being written would come back after the drop
+            await asyncio.to_thread(self.files.drop, agent_id)
+
     async def has_chunks(self, account_id: str, agent_id: int) -> bool:
         current = await self.repo.documents_version(account_id, agent_id)
         return current is not None and current.has_chunks
