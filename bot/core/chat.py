@@ -299,11 +299,17 @@ class ChatService:
             chat_model = self.config.openai.vision_model or chat_model
         embed_model = self.config.openai.embedding_model
         # The excerpts are not known before the call: hold room for `depth` full chunks.
-        draft = build_messages(agent, [], history, message)
+        # The earlier turns' tokens were counted when they were stored (with the chat
+        # model, plus the message overhead): only the system prompt and the message are
+        # counted again, not the whole history on every chat.
+        draft = build_messages(agent, [], [], message)
         excerpt_room = EXCERPTS_INTRO + depth * EXCERPT_ROOM if use_documents else 0
         embed_estimate = count_tokens(message, embed_model) if use_documents else 0
         image_room = settings.image_hold_tokens if image is not None else 0
-        prompt_room = estimate_prompt(draft, chat_model) + excerpt_room + image_room
+        history_tokens = sum(turn.tokens for turn in history)
+        prompt_room = (
+            estimate_prompt(draft, chat_model) + history_tokens + excerpt_room + image_room
+        )
         estimate = self.meter.weighted(chat_model, prompt_room + cap) + self.meter.weighted(
             embed_model, embed_estimate
         )
