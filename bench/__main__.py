@@ -21,6 +21,7 @@ MODULES = [
     "bench.startup_bench",
     "bench.memory_bench",
     "bench.cost_bench",
+    "bench.retrieval_bench",
     "bench.chat_bench",
     "bench.chat_load_bench",
 ]

@@ -357,7 +357,9 @@ def load(cli_path: str | None = None, *, env_file: str | Path | None = ".env") -
 
 
 def _beside(folder: Path, value: str) -> str:
-    if value == ":memory:" or Path(value).is_absolute():
+    # A database address (postgresql://...) is no path: taken as a path it became
+    # "<folder>/postgresql:/host/db".
+    if value == ":memory:" or "://" in value or Path(value).is_absolute():
         return value
     return str(folder / value)
 

@@ -18,6 +18,7 @@ from bot.core.balances import BalanceService
 from bot.core.chat import ChatService
 from bot.core.documents.retrieval import Retriever
 from bot.core.documents.service import DocumentService
+from bot.core.documents.vector_files import VectorFiles
 from bot.core.limits import LimitsService
 from bot.core.metering import Meter
 from bot.core.repository import Repository
@@ -59,8 +60,9 @@ class Services:
         ai: AIGateway | None = None,
         clock: Clock | None = None,
         kind: str = "bot",
+        check_pages: bool = True,
     ) -> Services:
-        ledger = await open_ledger(config, kind, clock=clock, check_pages=True)
+        ledger = await open_ledger(config, kind, clock=clock, check_pages=check_pages)
         try:
             repo = Repository(ledger.store)
             await repo.migrate()
@@ -76,7 +78,9 @@ class Services:
         meter.telemetry = telemetry
         ledger.store.on_batch = telemetry.write_batch
         agents = AgentService(config, ledger, repo)
-        retriever = Retriever(repo)
+        retriever = Retriever(repo, files=VectorFiles(config.data_path("vectors")))
+        agents.forget = retriever.forget
+        telemetry.watch_retrieval(retriever.stats, ledger.store.reader)
         balances = BalanceService(config, ledger)
         services = cls(
             config=config,
@@ -109,6 +113,10 @@ class Services:
             await self.avatars.sweep_files()
         except Exception:  # a tidy-up: never a reason to stop
             log.exception("could not sweep unused avatar files")
+        try:
+            await self.retriever.sweep_files()
+        except Exception:
+            log.exception("could not sweep stale vector files")
 
     async def close(self) -> None:
         if self.tidying is not None:
@@ -122,5 +130,6 @@ class Services:
         finally:
             try:
                 await self.documents.close()  # its processes must not outlive us
+                await self.retriever.settle()  # a vector file half written is not kept
             finally:
                 await self.ledger.close()

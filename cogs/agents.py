@@ -140,11 +140,12 @@ class AgentsCog(FeatureCog):
     def _losses(self, summary: AgentSummary) -> list[str]:
         agent = summary.agent
         lost = [f"**{agent.name}** and its persona, and its conversations"]
+        spent = summary.avatar_tokens
         if agent.avatar_source == "generated":
-            cost = self.services.config.costs.avatar_generation
-            lost.append(f"its generated avatar (at least {cost:,} tokens were spent on it)")
+            lost.append(f"its generated avatar ({spent:,} tokens were spent generating avatars)")
         elif agent.avatar_source == "uploaded":
-            lost.append("its uploaded avatar")
+            earlier = f" ({spent:,} tokens were spent generating earlier ones)" if spent else ""
+            lost.append(f"its uploaded avatar{earlier}")
         if summary.documents:
             lost.append(
                 f"{summary.documents:,} document{'' if summary.documents == 1 else 's'} "

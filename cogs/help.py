@@ -21,7 +21,7 @@ def costs_of(config: Any) -> dict[str, str]:
         if config.costs.avatar_upload
         else "free",
         "docs upload": "the embedding tokens of its text",
-        "chat": "the answer's tokens (prompt + reply) and the question's embedding",
+        "chat": "the answer's tokens (prompt, any image, reply) and the question's embedding",
         "upgrade": config.plans.pro.price_label or "see /upgrade",
     }
 
@@ -75,8 +75,9 @@ class HelpCog(FeatureCog):
             )
             embed.add_field(
                 name="Upgrade",
-                value=f"Pro: {pro.monthly_tokens:,} tokens a month and unlimited agents, "
-                f"{pro.price_label}. Use `/upgrade`" + (f" or {url}" if url else "") + ".",
+                value=f"Pro: {pro.summary}, {pro.price_label}. Use `/upgrade`"
+                + (f" or {url}" if url else "")
+                + ".",
                 inline=False,
             )
         await reply(interaction, embed=embed, view=upgrade_view(url), ephemeral=True)

@@ -6,7 +6,9 @@ Invariants (checked by `verify()` and by the stateful tests after every step):
 - usage_limits.bonus_tokens = the sum of token_usage.bonus_delta (grants, revokes, draws);
 - no counter is negative; available = limit - used - held + bonus, shown as 0 if below;
 - a hold moves from pending to exactly one of committed, released or expired, once,
-  and leaves exactly one token_usage row when it does.
+  and leaves exactly one token_usage row when it does;
+- each usage_totals counter = its period's charges of one member, agent, operation or
+  day (ledger/totals.py; checked by `verify(full=True)`).
 
 A reserve is one conditional UPDATE inside the writer's transaction, so two callers can
 never both spend the last tokens. Periods roll over inside the next write that touches
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ledger import members, queries
+from ledger import members, queries, totals
 from ledger import verify as verifier
 from ledger.accounts import Plan, available, check_account_id, check_amount, split_charge
 from ledger.alerts import alerts_in
@@ -522,6 +524,17 @@ class Ledger:
                 hold_id if late else None,
             ),
         )
+        if row_status == "charged":
+            await totals.add_in(
+                conn,
+                account_id,
+                row["period_seq"],
+                user_id=hold["user_id"],
+                agent=hold["agent"],
+                operation=hold["operation_type"],
+                created_at=to_text(now),
+                tokens=actual,
+            )
         if hold["user_id"] is not None:
             await members.settle_in(
                 conn, account_id, hold["user_id"], row["period_seq"], freed, actual

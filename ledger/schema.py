@@ -228,4 +228,30 @@ MIGRATIONS: list[str] = [
         lease_until  TEXT NOT NULL
     );
     """,
+    # 10: each period's charges summed by member, agent, operation and day, written in
+    # the commit's own transaction (Ledger._charge_in): /tokens and /usage read a few
+    # counter rows instead of the period's audit rows, whatever the account's age or
+    # traffic. subject is '' for a charge that served no member or no agent. Filled from
+    # the log once, here; `verify --full` checks every counter against the log.
+    """
+    CREATE TABLE usage_totals (
+        account_id  TEXT NOT NULL REFERENCES usage_limits(account_id),
+        period_seq  INTEGER NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('member', 'agent', 'operation', 'day')),
+        subject     TEXT NOT NULL,
+        tokens      INTEGER NOT NULL CHECK (tokens >= 0),
+        PRIMARY KEY (account_id, period_seq, kind, subject)
+    );
+    INSERT INTO usage_totals (account_id, period_seq, kind, subject, tokens)
+    SELECT account_id, period_seq, kind, subject, SUM(tokens_used) FROM (
+        SELECT account_id, period_seq, 'member' AS kind, COALESCE(user_id, '') AS subject,
+            tokens_used FROM token_usage WHERE status = 'charged'
+        UNION ALL SELECT account_id, period_seq, 'agent', COALESCE(agent, ''), tokens_used
+            FROM token_usage WHERE status = 'charged'
+        UNION ALL SELECT account_id, period_seq, 'operation', operation_type, tokens_used
+            FROM token_usage WHERE status = 'charged'
+        UNION ALL SELECT account_id, period_seq, 'day', substr(created_at, 1, 10),
+            tokens_used FROM token_usage WHERE status = 'charged'
+    ) AS charges GROUP BY account_id, period_seq, kind, subject;
+    """,
 ]

@@ -23,6 +23,9 @@ current period and pending holds, a page of accounts per read: every account's w
 `full`, and incrementally those of the accounts written since the last clean run (a
 counter changed behind the ledger's back on an account idle since is for `--full`).
 
+The usage counters (ledger/totals.py) are checked against the log with `full` only,
+a page of accounts per read: each read sums the page's charge rows whole.
+
 Archived holds (ledger/archive.py): a resolved hold older than its time to live may be
 deleted once its audit row is at or below `holds_archived_through`; that audit row is
 then the record of the hold (its id, status, charge and the amount held). The invariant
@@ -40,7 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger import members
+from ledger import members, totals
 from ledger.records import Violation
 from ledger.storage import Connection, Row
 
@@ -202,6 +205,11 @@ async def _accounts(
                 " GROUP BY account_id, period_seq",
                 (end, page[0]["account_id"], page[-1]["account_id"]),
             )
+            if base is None:  # the usage counters, in the snapshot of their rows
+                found += [
+                    Violation(a, m)
+                    for a, m in await totals.check_in(conn, [r["account_id"] for r in page])
+                ]
         finally:
             await conn.execute("COMMIT")
         late_charged = {(r[0], r[1]): r[2] for r in late}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from ledger import Ledger, ManualClock
-from tests.stores import STORES, fresh_schema
+from tests.stores import STORES, drop_lent_schemas, migrated_schema
 
 pytest_plugins: list[str] = [
     "tests.fakes.openai_server",
@@ -18,6 +19,10 @@ pytest_plugins: list[str] = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="run the long variants too")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    asyncio.run(drop_lent_schemas())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,11 +46,12 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=STORES)
 async def database(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[str]:
-    """The database of a test, on each store in turn: a SQLite file, a PostgreSQL schema."""
+    """The database of a test, on each store in turn: a SQLite file, a PostgreSQL schema
+    (migrated already, lent for the test: see tests/stores.py)."""
     if request.param == "sqlite":
         yield str(db_path)
         return
-    async with fresh_schema() as dsn:
+    async with migrated_schema() as dsn:
         yield dsn
 
 

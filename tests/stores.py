@@ -2,7 +2,16 @@
 
 PostgreSQL is at BOT_TEST_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test).
 Without a reachable server its cases skip, unless REQUIRE_POSTGRES=1 (set by .ci/run),
-which makes them fail: CI always runs them."""
+which makes them fail: CI always runs them.
+
+Migrating a PostgreSQL schema is some ninety DDL statements, half a second a test, and
+dropping it costs more of the same. So `migrated_schema` lends a schema that the session
+migrated once (every part: ledger, application, billing, with the code the bot opens its
+store with) and, when the test is done, empties it with plain DELETEs (triggers off, so
+the append-only tables empty too) and restarts its sequences: the next test finds it as a
+fresh migration leaves it. A schema whose definition the test changed (a table dropped,
+a trigger added) is dropped instead of lent again. `fresh_schema` still gives an empty,
+unmigrated schema, for tests that migrate it themselves."""
 
 from __future__ import annotations
 
@@ -64,4 +73,135 @@ async def fresh_schema() -> AsyncIterator[str]:
     try:
         yield with_schema(schema)
     finally:
+        await drop_schema(schema)
+
+
+# The definition of a schema: tables, columns, defaults, indexes, constraints, triggers,
+# functions, and the rows a migration leaves (the schema versions). Names of the schema
+# itself are left out, so every migrated schema has the same one.
+_DEFINITION = """
+SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
+    SELECT 'class ' || c.relname || ' ' || c.relkind::text
+        FROM pg_class c WHERE c.relnamespace = to_regnamespace($1)
+    UNION ALL
+    SELECT 'column ' || c.relname || '.' || a.attname || ' '
+            || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull::text || ' '
+            || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = to_regnamespace($1) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'index ' || c.relname || ' ' || replace(pg_get_indexdef(i.indexrelid), $1 || '.', '')
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE c.relnamespace = to_regnamespace($1)
+    UNION ALL
+    SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = to_regnamespace($1)
+    UNION ALL
+    SELECT 'trigger ' || t.tgname || ' ' || t.tgenabled::text || ' ' || c.relname
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE c.relnamespace = to_regnamespace($1)
+    UNION ALL
+    SELECT 'function ' || proname || ' ' || md5(prosrc)
+        FROM pg_proc WHERE pronamespace = to_regnamespace($1)
+    UNION ALL
+    SELECT 'version ' || v.part || ' ' || v.version FROM {schema}.schema_versions v
+) AS definition(item)
+"""
+
+_free: list[str] = []  # migrated schemas, empty, ready to lend
+_definitions: dict[str, str] = {}  # schema -> its definition as the session migrated it
+_emptying: dict[str, str] = {}  # schema -> the statements that empty it again
+
+
+async def _definition(admin: Any, schema: str) -> str:
+    return str(await admin.fetchval(_DEFINITION.format(schema=schema), schema))
+
+
+async def _migrate(schema: str) -> None:
+    """Every part's migrations, as `Services.open` applies them, and nothing else (no
+    process registered, no row written)."""
+    from bot.billing.store import migrate as migrate_billing
+    from bot.core.repository import Repository
+    from ledger.storage.postgres import PostgresStore
+
+    store = await PostgresStore.open(with_schema(schema), pool_size=1)
+    try:
+        await Repository(store).migrate()
+        await migrate_billing(store)
+    finally:
+        await store.close()
+
+
+async def _new_migrated_schema(admin: Any) -> str:
+    schema = await create_schema()
+    try:
+        return await _prepare(admin, schema)
+    except BaseException:
+        await drop_schema(schema)
+        raise
+
+
+async def _prepare(admin: Any, schema: str) -> str:
+    await _migrate(schema)
+    tables = await admin.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND tablename <> 'schema_versions'"
+        " ORDER BY tablename",
+        schema,
+    )
+    sequences = await admin.fetch(
+        "SELECT sequencename, start_value FROM pg_sequences WHERE schemaname = $1", schema
+    )
+    for row in tables:  # a migration that seeded rows would need them kept: none does
+        count = await admin.fetchval(f'SELECT count(*) FROM {schema}."{row[0]}"')
+        assert count == 0, f"a migration left rows in {row[0]}: lending must keep them"
+    statements = [
+        "SET LOCAL session_replication_role = replica",  # no trigger: append-only, keys
+        "SET LOCAL lock_timeout = '10s'",
+        *(f'DELETE FROM {schema}."{row[0]}"' for row in tables),
+        *(f"SELECT setval('{schema}.\"{row[0]}\"', {row[1]}, false)" for row in sequences),
+    ]
+    _emptying[schema] = ";\n".join(statements)
+    _definitions[schema] = await _definition(admin, schema)
+    return schema
+
+
+async def _give_back(schema: str) -> None:
+    admin = await _admin()
+    try:
+        if await _definition(admin, schema) == _definitions[schema]:
+            async with admin.transaction():
+                await admin.execute(_emptying[schema])
+            _free.append(schema)
+            return
+    except Exception:  # a lock still held by a leaked connection, say: not lent again
+        pass
+    finally:
+        await admin.close()
+    del _definitions[schema], _emptying[schema]
+    await drop_schema(schema)
+
+
+@asynccontextmanager
+async def migrated_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a schema at the latest migration, with no row."""
+    if _free:
+        schema = _free.pop()
+    else:
+        admin = await _admin()
+        try:
+            schema = await _new_migrated_schema(admin)
+        finally:
+            await admin.close()
+    try:
+        yield with_schema(schema)
+    finally:
+        await _give_back(schema)
+
+
+async def drop_lent_schemas() -> None:
+    """At the end of the session."""
+    while _free:
+        schema = _free.pop()
+        del _definitions[schema], _emptying[schema]
         await drop_schema(schema)

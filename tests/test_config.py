@@ -226,3 +226,25 @@ refund_policy = "downgrade"
     monkeypatch.delenv("BOT_BILLING__REFUND_POLICY")
     bad_pack = write(tmp_path, '[lemonsqueezy.packs]\n"1" = 0\n', name="pack.toml")
     assert "lemonsqueezy.packs" in one_line_error(bad_pack)
+
+
+def test_relative_storage_is_beside_the_file_and_an_address_stays_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "srv"
+    home.mkdir()
+    path = write(home, '[storage]\ndatabase = "state/bot.db"\ndata_dir = "files"\n')
+    config = load(str(path))
+    assert (config.storage.database, config.storage.data_dir) == (
+        str(home / "state" / "bot.db"),
+        str(home / "files"),
+    )
+    address = "postgresql://bot@db.internal:5432/bot"
+    write(home, f'[storage]\ndatabase = "{address}"\n')
+    assert load(str(path)).storage.database == address
+    monkeypatch.setenv("BOT_STORAGE__DATABASE", address)  # from the environment too
+    write(home, "")
+    assert load(str(path)).storage.database == address
+    # Without a file, relative paths stay relative to the working folder (as before).
+    monkeypatch.delenv("BOT_STORAGE__DATABASE")
+    assert load(env_file=None).storage.database == "data/bot.db"

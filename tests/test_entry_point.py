@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
+import logging
+import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import discord.http
 import pytest
 
+from bot import cli
 from ledger import Ledger
 from tests.children import bot_env
 
@@ -273,6 +281,155 @@ def test_discord_unreachable_at_start_is_retried_in_one_line_each(tmp_path: Path
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=30)[1]
     assert process.returncode == 0 and "Traceback" not in rest, rest
+
+
+# A second token of the right shape, for the fake Discord to refuse.
+WRONG = "OTg3NjU0MzIxMDk4NzY1NDMy.GAbcde.zyxwvutsrqponmlkjihgfedcba9876543210AB"
+
+
+_BOT_USER = {"id": "123456789012345678", "username": "agents", "discriminator": "0"}
+_BOT_USER |= {"avatar": None, "bot": True}
+_APPLICATION = {"id": _BOT_USER["id"], "name": "agents", "description": "", "icon": None}
+_APPLICATION |= {"bot_public": True, "bot_require_code_grant": False, "flags": 0}
+_APPLICATION |= {"verify_key": "0" * 64, "owner": _BOT_USER | {"id": "1", "bot": False}}
+
+
+_ASKED: list[str] = []  # the paths the fake Discord was asked for
+
+
+class _FakeDiscord(http.server.BaseHTTPRequestHandler):
+    """Discord's REST API as far as a start goes: who the token is, whose app it is."""
+
+    def do_GET(self) -> None:
+        _ASKED.append(self.path)
+        status, body = 404, {"message": "404: Not Found", "code": 0}
+        if self.headers.get("Authorization") != f"Bot {TOKEN}":
+            status, body = 401, {"message": "401: Unauthorized", "code": 0}
+        elif self.path == "/api/v10/users/@me":
+            status, body = 200, _BOT_USER
+        elif self.path == "/api/v10/oauth2/applications/@me":
+            status, body = 200, _APPLICATION
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")  # exactly: discord.py's test
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_discord(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeDiscord)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    _ASKED.clear()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str
+) -> tuple[int, str]:
+    """`python -m bot run`'s main in this process (the interpreter's start is what the
+    other cases pay for; this one needs Discord, which is the fake here)."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.upper().startswith(("BOT_", "DISCORD_"))]:
+        monkeypatch.delenv(name)
+    for name, value in {"BOT_STORAGE__DATABASE": str(tmp_path / "bot.db"), **env}.items():
+        monkeypatch.setenv(name, value)
+    # Logs are not what is asserted here (stderr's printed lines are), and an earlier test
+    # of this process may have left a handler on a stream that is closed since.
+    monkeypatch.setattr(cli, "setup_logging", lambda: None)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
+    code = cli.main(["run"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("fake_discord")
+def test_run_says_a_refused_token_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_here(tmp_path, monkeypatch, capsys, DISCORD_TOKEN=WRONG)
+    assert code == 2 and err.splitlines() == [
+        "Discord refused DISCORD_TOKEN (401): it is wrong or was reset; copy the bot token"
+        " again from the developer portal (Bot > Reset Token)"
+    ]
+
+
+@pytest.mark.usefixtures("fake_discord")
+def test_run_on_a_port_in_use_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run_here(
+            tmp_path, monkeypatch, capsys, DISCORD_TOKEN=TOKEN, BOT_WEBHOOKS__PORT=str(port)
+        )
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"the sidecar cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.usefixtures("fake_discord")
+@pytest.mark.parametrize("fault", ["not a database", "damaged"])
+def test_run_stops_on_a_database_fault_before_asking_discord(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    db = tmp_path / "bot.db"
+    if fault == "damaged":
+        _damage_a_table(make_db(db))
+    else:
+        db.write_bytes(b"these are the operator's notes, not a database\n" * 100)
+    code, err = run_here(tmp_path, monkeypatch, capsys, DISCORD_TOKEN=TOKEN)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"database error: {db}") and ("restore" in err) is (fault == "damaged")
+    assert _ASKED == []  # the start stopped before Discord was asked anything
+
+
+def test_the_standalone_sidecar_serves_avatars_and_warns_without_a_secret(
+    tmp_path: Path,
+) -> None:
+    avatars = tmp_path / "data" / "avatars"
+    avatars.mkdir(parents=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+    name = "Zq3v9XkT0bN4mW8cR2aLpE7s"  # the shape of bot/core/avatars' random names
+    (avatars / f"{name}.png").write_bytes(png)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "webhooks"],
+        cwd=tmp_path,
+        env=bot_env(BOT_WEBHOOKS__PORT=str(port)),  # ./data/bot.db, ./data/avatars
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(f"listening on http://127.0.0.1:{port}")
+        base = f"http://127.0.0.1:{port}/avatars"
+        with urllib.request.urlopen(f"{base}/{name}.png", timeout=30) as response:
+            assert response.read() == png
+        with pytest.raises(urllib.error.HTTPError) as guessed:
+            urllib.request.urlopen(f"{base}/1.png", timeout=30)
+        assert guessed.value.code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert "listening on" not in out  # said once, on the line read above
+    warnings = [line for line in err.splitlines() if "LEMONSQUEEZY_WEBHOOK_SECRET" in line]
+    assert len(warnings) == 1 and "every webhook will be refused (503)" in warnings[0], err
 
 
 # ---- logs -------------------------------------------------------------------------------

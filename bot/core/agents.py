@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.config import Config
@@ -68,6 +69,7 @@ class AgentSummary:
     documents: int
     chunks: int
     document_tokens: int = 0  # spent on learning its documents
+    avatar_tokens: int = 0  # spent on generating its avatars
 
 
 class AgentService:
@@ -75,6 +77,8 @@ class AgentService:
         self.config = config
         self.ledger = ledger
         self.repo = repo
+        # Told of each agent deleted here (the retriever forgets its matrix and files).
+        self.forget: Callable[[int], Awaitable[None]] | None = None
 
     async def create(self, actor: Actor, name: str, prompt: str) -> Agent:
         name = check_name(name)
@@ -125,13 +129,16 @@ class AgentService:
     async def delete(self, actor: Actor, name: str) -> Agent:
         agent = await self.get_editable(actor, name)
         await self.repo.delete_agent(agent.id)
+        if self.forget is not None:
+            await self.forget(agent.id)
         return agent
 
     async def summary(self, actor: Actor, name: str) -> AgentSummary:
         """The agent a member may delete, with what deleting it would lose."""
         agent = await self.get_editable(actor, name)
         documents, chunks, tokens = await self.repo.agent_losses(agent.id)
-        return AgentSummary(agent, documents, chunks, tokens)
+        avatars = await self.repo.avatar_tokens(agent)
+        return AgentSummary(agent, documents, chunks, tokens, avatars)
 
     async def list(self, actor: Actor) -> builtins.list[Agent]:
         return await self.repo.agents(actor.account_id)

@@ -102,7 +102,7 @@ class LimitsService:
             raise InvalidInput("Limits apply to a server's shared tokens; use this in a server.")
         if not actor.can_manage:
             raise PermissionDenied(
-                "Only members with Manage Server can change this server's limits."
+                "Only members with Manage Server can see or change this server's limits."
             )
 
     async def set_cap(

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+# Waits before each new try of a release that failed: about 18 s in all, so a shutdown
+# (drain) is never held longer; a hold still pending after them expires as usual.
+RELEASE_RETRY_SECONDS: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0, 10.0)
+
 
 @dataclass
 class _Running:
@@ -176,7 +180,7 @@ class Meter:
             log.debug(
                 "❌ %s failed on %s (%s); nothing charged", operation, actor.account_id, reason
             )
-            await self._settle(self.ledger.release(hold, reason))
+            await self._settle(self._release(hold, reason))
             self._paid_line(actor, operation, model, 0, f"failed ({reason})", started)
             raise
         finally:
@@ -195,7 +199,7 @@ class Meter:
         except Exception:
             # Storing what the call produced failed: the member gets nothing, so pays nothing.
             log.exception("storing the result of %s failed; releasing the hold", operation)
-            await self._settle(self.ledger.release(hold, "storing the result failed"))
+            await self._settle(self._release(hold, "storing the result failed"))
             raise
         log.debug(
             "✅ Tokens deducted from %s. Remaining: %d", actor.account_id, resolution.available
@@ -232,7 +236,7 @@ class Meter:
             resolution = await self.ledger.store.write(commit)
         except Exception:
             log.exception("storing the partial result of %s failed; releasing the hold", operation)
-            await self.ledger.release(hold, "storing the partial result failed")
+            await self._release(hold, "storing the partial result failed")
             return None
         self._raise_alerts(resolution.alerts)
         return Metered(partial, resolution.charged, resolution.available, hold.hold_id)
@@ -307,7 +311,42 @@ class Meter:
     def _release_late(self, task: asyncio.Future[Hold]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        self._keep(asyncio.ensure_future(self.ledger.release(task.result(), "cancelled")))
+        self._keep(asyncio.ensure_future(self._release(task.result(), "cancelled")))
+
+    async def _release(self, hold: Hold, reason: str) -> None:
+        """Free `hold`. A release that fails (the database briefly unusable: a full file
+        table under attack, a lock held past every retry) is tried again in the
+        background instead of leaving its tokens held until the hold expires, and its
+        error never replaces the one the member is told about."""
+        try:
+            await self.ledger.release(hold, reason)
+        except Exception as error:
+            log.warning(
+                "releasing hold %s of %s failed (%s); retrying in the background",
+                hold.hold_id,
+                hold.account_id,
+                error,
+            )
+            self._keep(asyncio.ensure_future(self._release_again(hold, reason)))
+
+    async def _release_again(self, hold: Hold, reason: str) -> None:
+        error: Exception | None = None
+        for wait in RELEASE_RETRY_SECONDS:
+            await asyncio.sleep(wait)
+            try:
+                await self.ledger.release(hold, reason)
+            except Exception as failed:
+                error = failed
+                continue
+            log.info("released hold %s of %s on a retry", hold.hold_id, hold.account_id)
+            return
+        log.error(
+            "could not release hold %s of %s (%s): its tokens stay held until the sweeper"
+            " expires it (limits.hold_ttl_seconds)",
+            hold.hold_id,
+            hold.account_id,
+            error,
+        )
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._settling.add(task)

@@ -9,13 +9,17 @@ runs them on either engine). All the SQL of these tables lives in this module.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from bot.errors import NotFound
 from ledger.storage import Connection, Row, Store, serialize
+
+T = TypeVar("T")
 
 APP_MIGRATIONS: list[str] = [
     # 1: agents with their avatar; documents, chunks and conversations for chat.
@@ -345,6 +349,18 @@ class Repository:
         )
         return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
+    async def avatar_tokens(self, agent: Agent) -> int:
+        """Tokens charged for generating this agent's avatars (every generation, replaced
+        ones too): what deleting it throws away. Charges name their agent; the creation
+        time keeps out an earlier, deleted agent of the same name."""
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT COALESCE(SUM(tokens_used), 0) FROM token_usage WHERE account_id = ?"
+            " AND agent = ? AND operation_type = 'avatar_generation' AND status = 'charged'"
+            " AND created_at >= ?",
+            (agent.account_id, agent.name, agent.created_at),
+        )
+        return int(rows[0][0])
+
     async def set_avatar_in(
         self, conn: Connection, agent_id: int, path: str, source: str
     ) -> str | None:
@@ -451,31 +467,93 @@ class Repository:
         """The retrieval cache's key: bumped in the transaction of every change to the
         agent's documents. None when the account has no such agent (deleted, or never
         its own), which every process sees at its next read."""
-        rows = await self.store.reader.execute_fetchall(
+        return await self.documents_version_in(self.store.reader, account_id, agent_id)
+
+    async def documents_version_in(
+        self, conn: Connection, account_id: str, agent_id: int
+    ) -> DocumentsVersion | None:
+        rows = await conn.execute_fetchall(
             "SELECT a.documents_version, EXISTS (SELECT 1 FROM chunks c WHERE c.agent_id = a.id)"
             " FROM agents a WHERE a.id = ? AND a.account_id = ?",
             (agent_id, account_id),
         )
         return DocumentsVersion(int(rows[0][0]), bool(rows[0][1])) if rows else None
 
-    async def chunk_vectors(self, account_id: str, agent_id: int) -> list[tuple[int, bytes, bool]]:
-        """(id, float32 embedding, boilerplate) of this agent's chunks."""
-        rows = await self.store.reader.execute_fetchall(
-            "SELECT c.id, c.embedding, c.boilerplate FROM chunks c"
-            " JOIN agents a ON a.id = c.agent_id"
-            " WHERE c.agent_id = ? AND a.account_id = ? ORDER BY c.id",
-            (agent_id, account_id),
+    async def documents_versions(self, agent_ids: list[int]) -> dict[int, int]:
+        """agent -> documents version, of those of `agent_ids` that still exist."""
+        found: dict[int, int] = {}
+        for start in range(0, len(agent_ids), 500):
+            part = agent_ids[start : start + 500]
+            marks = ", ".join("?" * len(part))
+            rows = await self.store.reader.execute_fetchall(
+                f"SELECT id, documents_version FROM agents WHERE id IN ({marks})", tuple(part)
+            )
+            found.update((int(r[0]), int(r[1])) for r in rows)
+        return found
+
+    async def in_one_read(self, op: Callable[[Connection], Awaitable[T]]) -> T | None:
+        """`op` run whole on a reader thread, its reads on one connection, on SQLite (it
+        may await only that connection, and may compute between reads: a retrieval's
+        product); None on PostgreSQL, whose reads are the server's: the caller reads
+        the usual way."""
+        run_op = getattr(self.store.reader, "run_op", None)
+        return None if run_op is None else await run_op(op)
+
+    async def chunk_matrix(self, account_id: str, agent_id: int) -> ChunkMatrix | None:
+        """The agent's documents version and every chunk's (id, embedding, boilerplate),
+        the embeddings as one contiguous buffer, all read in one snapshot (so the version
+        is the one of these vectors). None when the account has no such agent.
+
+        On SQLite the whole read is one job on a reader thread: the blobs are copied
+        into the buffer as the cursor yields them, and nothing per chunk crosses to the
+        event loop. On PostgreSQL the server concatenates them (string_agg): one value."""
+        if self.store.dialect == "postgresql":
+            return await self._chunk_matrix_pg(account_id, agent_id)
+        run = self.store.reader.run
+        return await run(lambda raw: _chunk_matrix_sqlite(raw, account_id, agent_id))
+
+    async def _chunk_matrix_pg(self, account_id: str, agent_id: int) -> ChunkMatrix | None:
+        reader = self.store.reader
+        await reader.execute("BEGIN")
+        try:
+            rows = await reader.execute_fetchall(
+                "SELECT documents_version FROM agents WHERE id = ? AND account_id = ?",
+                (agent_id, account_id),
+            )
+            if not rows:
+                return None
+            (found,) = await reader.execute_fetchall(
+                "SELECT MIN(length(embedding)), MAX(length(embedding)),"
+                " array_agg(id ORDER BY id), array_agg(id) FILTER (WHERE boilerplate != 0),"
+                " string_agg(embedding, ''::bytea ORDER BY id) FROM chunks WHERE agent_id = ?",
+                (agent_id,),
+            )
+        finally:
+            await reader.execute("COMMIT")
+        shortest, longest, ids, boilerplate, vectors = found
+        if shortest != longest:
+            raise ValueError(f"agent {agent_id}'s embeddings differ in size")
+        return ChunkMatrix(
+            int(rows[0][0]),
+            [int(i) for i in ids or ()],
+            bytearray(vectors or b""),
+            int(longest or 0),
+            frozenset(int(i) for i in boilerplate or ()),
         )
-        return [(int(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
 
     async def chunk_texts(
         self, account_id: str, agent_id: int, chunk_ids: list[int]
     ) -> dict[int, tuple[str, int, str, str]]:
         """id -> (text, page, document name, label), of this agent's chunks only."""
+        return await self.chunk_texts_in(self.store.reader, account_id, agent_id, chunk_ids)
+
+    async def chunk_texts_in(
+        self, conn: Connection, account_id: str, agent_id: int, chunk_ids: list[int]
+    ) -> dict[int, tuple[str, int, str, str]]:
         if not chunk_ids:
             return {}
         marks = ", ".join("?" * len(chunk_ids))
-        rows = await self.store.reader.execute_fetchall(
+        rows = await conn.execute_fetchall(
             "SELECT c.id, c.text, c.page, d.name, c.label FROM chunks c"
             " JOIN documents d ON d.id = c.document_id JOIN agents a ON a.id = d.agent_id"
             f" WHERE c.agent_id = ? AND a.account_id = ? AND c.id IN ({marks})",
@@ -488,13 +566,18 @@ class Repository:
     ) -> list[tuple[int, float]]:
         """(chunk id, BM25 rank: lower is better) of this agent's chunks matching any
         word of `query`, best first."""
+        return await self.chunk_matches_in(self.store.reader, account_id, agent_id, query, limit)
+
+    async def chunk_matches_in(
+        self, conn: Connection, account_id: str, agent_id: int, query: str, limit: int
+    ) -> list[tuple[int, float]]:
         words = [w for w in _FTS_WORD.findall(query.lower()) if len(w) > 1][:64]
         if not words:
             return []
         if self.store.dialect == "postgresql":
             # PostgreSQL's text search over the index of migration 6 (ledger/storage/
             # migrate.py makes it); ts_rank is higher-better, so negated like bm25().
-            rows = await self.store.reader.execute_fetchall(
+            rows = await conn.execute_fetchall(
                 "SELECT c.id, -ts_rank(to_tsvector('simple', c.text), q) AS rank"
                 " FROM chunks c JOIN agents a ON a.id = c.agent_id,"
                 " to_tsquery('simple', ?) AS q"
@@ -504,7 +587,7 @@ class Repository:
             )
             return [(int(r[0]), float(r[1])) for r in rows]
         expression = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
-        rows = await self.store.reader.execute_fetchall(
+        rows = await conn.execute_fetchall(
             "SELECT f.rowid, bm25(chunks_fts) AS rank FROM chunks_fts f"
             " JOIN chunks c ON c.id = f.rowid JOIN agents a ON a.id = c.agent_id"
             " WHERE chunks_fts MATCH ? AND c.agent_id = ? AND a.account_id = ?"
@@ -639,6 +722,60 @@ def _id_text(value: int | None) -> str | None:
 class DocumentsVersion:
     version: int
     has_chunks: bool
+
+
+@dataclass(frozen=True)
+class ChunkMatrix:
+    """An agent's embeddings as read for retrieval: row i of `vectors` is chunk ids[i]."""
+
+    version: int  # the agent's documents_version these vectors are of
+    ids: list[int]  # ascending
+    vectors: Any  # a writable buffer: len(ids) rows of `width` bytes (float32, little-endian)
+    width: int  # bytes per row (0 when there are no chunks)
+    boilerplate: frozenset[int]  # chunk ids
+
+
+def _chunk_matrix_sqlite(raw: Any, account_id: str, agent_id: int) -> ChunkMatrix | None:
+    """On a reader thread, in one read transaction (Repository.chunk_matrix)."""
+    cursor = raw.cursor()
+    cursor.row_factory = None
+    raw.execute("BEGIN")
+    try:
+        found = cursor.execute(
+            "SELECT documents_version FROM agents WHERE id = ? AND account_id = ?",
+            (agent_id, account_id),
+        ).fetchone()
+        if found is None:
+            return None
+        (count,) = cursor.execute(
+            "SELECT COUNT(*) FROM chunks WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        ids: list[int] = []
+        boilerplate: list[int] = []
+        buffer, view, width = np.empty(0, dtype=np.uint8), memoryview(b""), 0
+        rows = cursor.execute(
+            "SELECT id, embedding, boilerplate FROM chunks WHERE agent_id = ? ORDER BY id",
+            (agent_id,),
+        )
+        for index, (chunk_id, blob, demoted) in enumerate(rows):
+            if index == 0:
+                width = len(blob)
+                # Not a bytearray: zeroing 117 MiB is one C call that holds the GIL
+                # (and the event loop) while it faults every page in; np.empty does not
+                # touch them, and the copies below fault them in a row at a time.
+                buffer = np.empty(count * width, dtype=np.uint8)
+                view = buffer.data
+            if len(blob) != width:
+                raise ValueError(f"agent {agent_id}'s embeddings differ in size")
+            view[index * width : (index + 1) * width] = blob
+            ids.append(chunk_id)
+            if demoted:
+                boilerplate.append(chunk_id)
+        view.release()
+        return ChunkMatrix(int(found[0]), ids, buffer, width, frozenset(boilerplate))
+    finally:
+        cursor.close()
+        raw.execute("COMMIT")
 
 
 class AgentGone(NotFound):

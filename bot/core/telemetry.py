@@ -5,15 +5,76 @@ Figures the ledger already holds (tokens charged, holds pending, webhook events)
 from the database at each scrape instead (bot/http/metrics.py): they are then the same
 in every process, the standalone sidecar included, and equal the ledger's by
 construction. Here are only what no table records: paid calls by outcome, the AI call's
-latency by operation, and the sizes of the ledger's write batches."""
+latency by operation, the sizes of the ledger's write batches, and the retrieval cache
+(hits, loads, hit rate, agents and bytes held) with the reads that waited for a reader."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # From a cached embedding to a slow image generation.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class CacheFigures(Protocol):
+    @property
+    def hits(self) -> int: ...
+
+    @property
+    def misses(self) -> int: ...
+
+    @property
+    def agents(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def load_seconds(self) -> float: ...
+
+    @property
+    def hit_rate(self) -> float: ...
+
+
+class _Retrieval(Collector):
+    """The retrieval cache's figures, read from it at each scrape."""
+
+    def __init__(self, stats: Callable[[], CacheFigures], reader: Any) -> None:
+        self.stats, self.reader = stats, reader
+
+    def collect(self) -> Iterator[Any]:
+        figures = self.stats()
+        yield CounterMetricFamily(
+            "bot_retrieval_cache_hits", "Retrievals served from the cache", figures.hits
+        )
+        yield CounterMetricFamily(
+            "bot_retrieval_cache_loads",
+            "Retrievals that loaded the agent's chunk matrix (not cached, or changed)",
+            figures.misses,
+        )
+        yield CounterMetricFamily(
+            "bot_retrieval_load_seconds", "Time spent loading chunk matrices", figures.load_seconds
+        )
+        yield GaugeMetricFamily(
+            "bot_retrieval_cache_hit_ratio", "Hits / (hits + loads) so far", figures.hit_rate
+        )
+        yield GaugeMetricFamily(
+            "bot_retrieval_cache_agents", "Agents whose matrix is cached", figures.agents
+        )
+        yield GaugeMetricFamily(
+            "bot_retrieval_cache_bytes", "Bytes of the cached matrices", figures.bytes
+        )
+        waits = getattr(self.reader, "waits", None)
+        if waits is not None:  # SQLite's reader pool
+            yield CounterMetricFamily(
+                "bot_ledger_reader_waits", "Reads that found every reader connection busy", waits
+            )
 
 
 class Telemetry:
@@ -46,3 +107,7 @@ class Telemetry:
 
     def write_batch(self, size: int) -> None:
         self.write_batches.observe(size)
+
+    def watch_retrieval(self, stats: Callable[[], CacheFigures], reader: Any = None) -> None:
+        """Report the retrieval cache (`Retriever.stats`) and the readers' waits."""
+        self.registry.register(_Retrieval(stats, reader))

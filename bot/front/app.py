@@ -32,6 +32,7 @@ from bot.front.alerts import deliver_alert
 from bot.front.replies import report_error
 from bot.http.avatars import avatar_url
 from bot.http.sidecar import listening_on, start_sidecar
+from bot.runtime import open_ledger
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class AgentBot(commands.Bot):
         self.services: Services = services  # type: ignore[assignment]  # set in setup_hook
         self.sidecar: web.AppRunner | None = None
         self._closing = False
+        self.pages_checked = False  # `run` read every page before it logged in
 
     async def load_cogs(self) -> None:
         # Low-balance alerts this process raises are delivered from here.
@@ -127,7 +129,7 @@ class AgentBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         if self.services is None:
-            self.services = await Services.open(self.config)
+            self.services = await Services.open(self.config, check_pages=not self.pages_checked)
         await self.load_cogs()
         await self._load_owners()
         self.services.ledger.start_maintenance()
@@ -241,12 +243,16 @@ async def _main(config: Config, token: str) -> int:
             closing.add(task)  # keep a reference until it is done
             task.add_done_callback(closing.discard)
 
+    # The database first: a damaged, read-only or foreign file stops the start with its
+    # one line at once, not after Discord is reached (or never, while it can't be).
+    await (await open_ledger(config, "bot", check_pages=True)).close()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     attempt = 0
     while not stop.is_set():
         bot = make_bot(config)
+        bot.pages_checked = True
         current[:] = [bot]
         try:
             async with bot:

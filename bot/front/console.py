@@ -153,13 +153,23 @@ async def run_console(
         if lines.isatty():
             print(banner(user_id, guild_id, member), file=output, flush=True)
 
+        # An alert is delivered in the background while its command may still be
+        # answering (reads run side by side on the reader pool): it is kept here and
+        # printed once the command is done, so it always follows the command's output.
+        alerts: list[str] = []
+
         async def print_alert(alert: BalanceAlert) -> None:
             notice = await services.limits.notice(alert)
             if notice is not None:
                 where = f"<#{notice.channel_id}>" if notice.channel_id else "a DM to the owner"
                 found = await links(services, notice, user_id)
                 shown = "".join(f"\n[{label}]({url})" for label, url in found)
-                print(f"(low-balance alert, to {where}) {notice.text}{shown}", file=output)
+                alerts.append(f"(low-balance alert, to {where}) {notice.text}{shown}")
+
+        def print_alerts() -> None:
+            for text in alerts:
+                print(text, file=output)
+            alerts.clear()
 
         services.meter.on_alert = print_alert
         printer = StreamPrinter(output, out_dir)
@@ -183,7 +193,10 @@ async def run_console(
             finally:
                 printer.end()
             await services.meter.drain()  # an alert the command raised prints after it
+            print_alerts()
             output.flush()
+        await services.meter.drain()
+        print_alerts()
     finally:
         if own_services:
             await services.close()

@@ -1,6 +1,7 @@
 """Discord markup as a person reads it in the client, for the console: timestamps as
-dates, mentions as names, subtext as plain text. Discord renders these itself; printed
-raw (`<t:1798974285:D>`, `<@1>`, `-# ...`) they are noise."""
+dates, mentions as names, subtext, bold and inline code as plain text. Discord renders
+these itself; printed raw (`<t:1798974285:D>`, `<@1>`, `-# ...`, `**Nova**`) they are
+noise."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ _USER = re.compile(r"<@!?(\d{1,20})>")
 _ROLE = re.compile(r"<@&(\d{1,20})>")
 _CHANNEL = re.compile(r"<#(\d{1,20})>")
 _SUBTEXT = re.compile(r"^-# ", re.MULTILINE)
+# Bold and inline code, as the client shows them: the words without their markers.
+# (Code blocks keep their fences: they mark where code starts and ends.)
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_FENCED = re.compile(r"(```.*?```)", re.DOTALL)
+_INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _STYLES = {
     "t": "%H:%M",
     "T": "%H:%M:%S",
@@ -51,7 +57,12 @@ def plain(
     current = now or datetime.now(UTC)
 
     def timestamp(found: re.Match[str]) -> str:
-        moment = datetime.fromtimestamp(int(found.group(1)), UTC)
+        try:
+            moment = datetime.fromtimestamp(int(found.group(1)), UTC)
+        except (ValueError, OverflowError, OSError):
+            # Past what a date holds (an AI's answer may write anything): the client
+            # shows such a stamp as typed, and so do we.
+            return found.group(0)
         style = found.group(2) or "f"
         if style == "R":
             return relative(moment, current)
@@ -62,4 +73,7 @@ def plain(
     text = _USER.sub(lambda m: "@" + user(int(m.group(1))), text)
     text = _ROLE.sub(lambda m: f"@role{m.group(1)}", text)
     text = _CHANNEL.sub(lambda m: f"#channel{m.group(1)}", text)
-    return _SUBTEXT.sub("", text)
+    parts = _FENCED.split(text)  # odd items: the code blocks, kept as they are
+    for n in range(0, len(parts), 2):
+        parts[n] = _INLINE_CODE.sub(r"\1", _BOLD.sub(r"\1", parts[n]))
+    return _SUBTEXT.sub("", "".join(parts))

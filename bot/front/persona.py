@@ -6,6 +6,8 @@ Promises:
   listed on every answer. A channel where it cannot be had (Manage Webhooks missing,
   or Discord's limit of 15 webhooks reached) is remembered for a while too, and said
   once in the log; its agents speak in embeds with their name and avatar.
+- Answers spoken through a channel's webhook, in whichever of its threads, draw on that
+  channel's edit budget together (they share one webhook's rate limit).
 - A webhook send that Discord refuses (it refuses usernames containing "discord" or
   "clyde", among others) falls back to embeds for that answer: the answer is never
   lost to a webhook.
@@ -89,6 +91,14 @@ class PersonaSurface:
         self.webhook = webhook
         self.cache = cache
         self.fallback = EmbedSurface(thread, name, url)
+
+    @property
+    def budget_channel(self) -> int:
+        """Whose edit budget this answer draws on: every thread's answers go through the
+        parent channel's one webhook, so they share the parent's budget."""
+        if self.webhook is not None:
+            return int(getattr(self.thread.parent, "id", 0) or self.thread.id)
+        return int(self.thread.id)
 
     async def send(self, text: str) -> Any:
         if self.webhook is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -435,29 +436,48 @@ class CommandRunner:
     def _option(self, kind: Opt, raw: Any, name: str) -> Any:
         if not isinstance(raw, str):
             return raw  # tests may pass ready values (an attachment, a number)
-        try:
-            match kind:
-                case Opt.integer:
-                    return _within(name, int(raw))
-                case Opt.number:
-                    return _within(name, float(raw))
-                case Opt.boolean:
-                    # Discord offers True and False, nothing else.
-                    if raw.lower() not in {"true", "false"}:
-                        raise UsageError(f"{name} must be true or false, not {raw!r}")
-                    return raw.lower() == "true"
-                case Opt.attachment:
+        # Discord's client takes only what fits the option's type, and says so: never
+        # Python's own words ("invalid literal for int() with base 10").
+        match kind:
+            case Opt.integer:
+                return _within(name, int(_typed(name, raw, _INTEGER, "a whole number")))
+            case Opt.number:
+                return _within(name, float(_typed(name, raw, _NUMBER, "a number")))
+            case Opt.boolean:
+                # Discord offers True and False, nothing else.
+                if raw.lower() not in {"true", "false"}:
+                    raise UsageError(f"{name} must be true or false, not {raw!r}")
+                return raw.lower() == "true"
+            case Opt.attachment:
+                try:
                     return self.load_attachment(raw)
-                case Opt.user | Opt.mentionable:
-                    return StandInUser(int(raw.strip("<@!>")))
-                case Opt.role:
-                    return StandInRole(int(raw.strip("<@&>")))
-                case Opt.channel:
-                    return StandInTextChannel(int(raw.strip("<#>")))
-                case _:
-                    return raw
-        except (ValueError, OSError) as error:
-            raise UsageError(f"option {name}: {error}") from None
+                except OSError as error:
+                    raise UsageError(f"{name}: cannot read {raw}: {error.strerror}") from None
+            case Opt.user | Opt.mentionable:
+                return StandInUser(int(_typed(name, raw, _USER, "a member (<@id> or an id)")))
+            case Opt.role:
+                return StandInRole(int(_typed(name, raw, _ROLE, "a role (<@&id> or an id)")))
+            case Opt.channel:
+                return StandInTextChannel(
+                    int(_typed(name, raw, _CHANNEL, "a channel (<#id> or an id)"))
+                )
+            case _:
+                return raw
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_USER = re.compile(r"<@!?([0-9]{1,20})>|([0-9]{1,20})")
+_ROLE = re.compile(r"<@&([0-9]{1,20})>|([0-9]{1,20})")
+_CHANNEL = re.compile(r"<#([0-9]{1,20})>|([0-9]{1,20})")
+
+
+def _typed(name: str, raw: str, shape: re.Pattern[str], what: str) -> str:
+    """The value in `raw` (a mention's id), or the refusal Discord would give."""
+    found = shape.fullmatch(raw.strip())
+    if found is None:
+        raise UsageError(f"{name} must be {what}, not {raw!r}")
+    return next((g for g in found.groups() if g is not None), found.group(0))
 
 
 # Discord's integer and number options are bounded by what JavaScript holds exactly.

@@ -100,10 +100,18 @@ class ConnectionGuard:
                 async with asyncio.timeout(self.body_timeout):
                     await request.read()  # cached: the handler's read() returns it
             except TimeoutError:
-                return web.json_response({"error": "body too slow"}, status=408)
+                return _closing({"error": "body too slow"}, 408)
             except web.HTTPRequestEntityTooLarge:
-                return web.json_response({"error": "body too large"}, status=413)
+                return _closing({"error": "body too large"}, 413)
         return await handler(request)
+
+
+def _closing(body: dict[str, str], status: int) -> web.Response:
+    """A refusal that also ends the connection: the rest of its body is never read, and a
+    slow client must not keep the connection until the keep-alive timer ends it."""
+    response = web.json_response(body, status=status)
+    response.force_close()
+    return response
 
 
 class GuardedSite(web.TCPSite):

@@ -103,9 +103,14 @@ async def start_sidecar(
 
         app.on_cleanup.append(stop_metrics)
     # aiohttp arms its keep-alive timer when a connection opens: a client that has not
-    # sent a whole request head by then is closed. That is our header timeout.
+    # sent a whole request head by then is closed. That is our header timeout. No
+    # lingering: after a 408 or a 413 aiohttp would go on reading the unwanted body for
+    # 10 s more, holding the slow client's connection; the guard reads every body it keeps.
     runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=config.webhooks.header_timeout_seconds
+        app,
+        access_log=None,
+        keepalive_timeout=config.webhooks.header_timeout_seconds,
+        lingering_time=0,
     )
     await runner.setup()
     quiet_accept_errors(asyncio.get_running_loop())

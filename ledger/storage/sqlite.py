@@ -19,7 +19,9 @@ thread runs every operation of the batch to completion and the loop only awaits 
 batch. Operations stay `async def op(conn)` written against aiosqlite's interface; on
 the writer they get a synchronous connection with the same methods whose awaits never
 suspend. So an operation may await only its connection (anything else is refused loudly).
-Reads keep an aiosqlite connection of their own.
+Reads go to a small pool of connections of their own (ledger/storage/readers.py), each
+statement on a pool thread: reads never wait for the writer, nor for one another up to
+the pool's size.
 
 All SQLite-specific detail lives here and in ledger/storage/archive.py; the PostgreSQL
 store (ledger/storage/postgres.py) keeps the same promises with one pooled connection per
@@ -45,6 +47,7 @@ from ledger.schema import MIGRATIONS
 from ledger.storage import archive
 from ledger.storage.migrate import LEDGER, sqlite_migrate
 from ledger.storage.protocol import Checkpointed, Compacted
+from ledger.storage.readers import POOL_SIZE, ReaderPool
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +78,6 @@ def _pragmas(secure_delete: bool = False) -> list[str]:
         # 20k-chunk document delete wrote 157 MiB of WAL. Off unless storage.secure_delete.
         f"PRAGMA secure_delete={'ON' if secure_delete else 'OFF'}",
     ]
-
-
-async def connect(path: str | Path, *, secure_delete: bool = False) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(str(path), isolation_level=None)
-    conn.row_factory = aiosqlite.Row
-    try:
-        for pragma in _pragmas(secure_delete):
-            await conn.execute(pragma)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
 
 
 def connect_sync(path: str | Path, *, secure_delete: bool = False) -> sqlite3.Connection:
@@ -186,13 +177,13 @@ _CLOSE = object()
 
 
 class SqliteStore:
-    """One writer connection on its own thread, fed by a queue; one reader connection."""
+    """One writer connection on its own thread, fed by a queue; a pool of readers."""
 
     dialect = "sqlite"
     # Told the size of each write batch (the application's metrics); None: nobody asks.
     on_batch: Callable[[int], None] | None = None
 
-    def __init__(self, writer: sqlite3.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, writer: sqlite3.Connection, reader: ReaderPool) -> None:
         self.writer = SyncConnection(writer)
         self.reader = reader
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
@@ -210,16 +201,24 @@ class SqliteStore:
         self.stalled_at = float("-inf")
 
     @classmethod
-    async def open(cls, path: str | Path, *, secure_delete: bool = False) -> SqliteStore:
+    async def open(
+        cls, path: str | Path, *, secure_delete: bool = False, readers_size: int = POOL_SIZE
+    ) -> SqliteStore:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         writer = await asyncio.to_thread(connect_sync, path, secure_delete=secure_delete)
+        readers: list[sqlite3.Connection] = []
         try:
-            reader = await connect(path, secure_delete=secure_delete)
+            for _ in range(readers_size):
+                readers.append(
+                    await asyncio.to_thread(connect_sync, path, secure_delete=secure_delete)
+                )
         except BaseException:
-            writer.close()
+            for conn in [writer, *readers]:
+                conn.close()
             raise
+        reader = ReaderPool(readers)
         store = cls(writer, reader)
         try:
             await store.migrate(LEDGER, MIGRATIONS)

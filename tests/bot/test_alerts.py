@@ -158,3 +158,31 @@ async def test_the_console_prints_an_alert_after_the_command_that_raised_it(
     assert "⚠️ This server has 49,000 of its 250,000 monthly tokens left" in printed
     assert "[Upgrade to Pro](https://shop.example/checkout/buy/pro?" in printed
     assert printed.index("Avatar generated") < printed.index("low-balance alert")
+
+
+async def test_the_alert_links_the_token_packs_where_the_store_sells_them(
+    owner: CommandRunner,
+    services: Services,
+    places: dict[str, Inbox],
+    fake_openai: Any,
+    nova: None,
+) -> None:
+    shop = services.config.lemonsqueezy
+    shop.packs = {"501": 500_000, "502": 100_000}
+    shop.pack_checkout_urls = {
+        "501": "https://shop.example/checkout/buy/big",
+        "502": "https://shop.example/checkout/buy/small",
+    }
+    await _spend_to(services, 196_000)
+    await owner.run("/avatar generate agent:Nova")  # under 20%: the owner is told
+    await services.meter.drain()
+    ((_, kwargs),) = places["owner"].sent
+    buttons = _buttons(kwargs)
+    assert [label for label, _ in buttons] == [
+        "Upgrade to Pro",
+        "100,000 tokens",
+        "500,000 tokens",
+    ]
+    assert buttons[1][1].startswith("https://shop.example/checkout/buy/small?")
+    assert buttons[2][1].startswith("https://shop.example/checkout/buy/big?")
+    assert all("account_id%5D=guild%3A" in url for _, url in buttons)

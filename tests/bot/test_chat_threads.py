@@ -4,6 +4,7 @@ messages in that thread continuing the same conversation."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ import pytest
 from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
-from tests.bot.conftest import GUILD
+from tests.bot.conftest import GUILD, OWNER
 from tests.bot.helpers import text
 from tests.fakes.openai_server import _png
 
@@ -62,6 +63,7 @@ class FakeHook:
         self.refuse: discord.HTTPException | None = None
         self.clock: Any = None
         self.messages: list[FakeMessage] = []
+        self.sent_at: list[float] = []
 
     async def send(self, content: str, **kwargs: Any) -> FakeMessage:
         if self.refuse is not None:
@@ -69,7 +71,13 @@ class FakeHook:
         posted = Posted("webhook", content, kwargs)
         self.log.append(posted)
         self.messages.append(FakeMessage(posted, self.clock))
+        if self.clock is not None:
+            self.sent_at.append(self.clock())
         return self.messages[-1]
+
+    def calls(self) -> list[float]:
+        """When each send and edit went through this webhook, in order."""
+        return sorted(self.sent_at + [t for m in self.messages for t in m.edited_at])
 
 
 class FakeThread(discord.Thread):
@@ -242,11 +250,12 @@ class TickingClock:
     """Time that moves a quarter second each time it is read: an answer streaming through
     the cog gets past its edit interval every few pieces, with no real waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 0.25) -> None:
         self.now = 1000.0
+        self.step = step
 
     def __call__(self) -> float:
-        self.now += 0.25
+        self.now += self.step
         return self.now
 
     async def sleep(self, seconds: float) -> None:
@@ -299,3 +308,33 @@ async def test_a_dm_answer_streams_by_editing_its_followup(
     assert [len(e.text()) for e in edits] == sorted(len(e.text()) for e in edits)
     assert edits[-1].embeds[0].description == LONG
     assert first.embeds[0].author.name == "Nova"
+
+
+async def test_answers_in_threads_of_one_channel_share_its_webhooks_budget(
+    owner: CommandRunner, as_user: Any, bot: AgentBot, fake_openai: Any, nova: None
+) -> None:
+    bot.config.webhooks.public_url = "https://bot.example"
+    cog: Any = bot.get_cog("ChatCog")
+    clock = TickingClock(step=0.01)  # fine steps: the budget decides, not the grain
+    cog.clock, cog.sleep = clock, clock.sleep
+    channel = FakeChannel(504, webhooks_allowed=True)
+    await cog.webhooks.get(channel)
+    (hook,) = channel.hooks
+    hook.clock = clock
+    other = as_user(OWNER)
+    owner.channel = other.channel = channel
+    fake_openai.chat_answer = LONG
+
+    await asyncio.gather(
+        owner.run('/chat agent:Nova message:"Pulsars?"'),
+        other.run('/chat agent:Nova message:"Pulsars, please?"'),
+    )
+
+    assert len(channel.threads_made) == 2 and len(hook.messages) == 2
+    assert all(m.posted.content == LONG for m in hook.messages)  # both whole
+    calls = hook.calls()
+    settings = bot.config.chat
+    # Two threads, one webhook: together within the channel's budget in any window.
+    for i, start in enumerate(calls):
+        within = [t for t in calls[i:] if t < start + settings.channel_window_seconds]
+        assert len(within) <= settings.channel_edits, calls

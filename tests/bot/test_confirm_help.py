@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import bot.front.confirm as confirm
+from bot.config import Config
 from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
 from tests.bot.conftest import GUILD
@@ -16,6 +17,13 @@ from tests.bot.helpers import text
 from tests.fakes.openai_server import _png
 
 ACCOUNT = f"guild:{GUILD}"
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn: the losses named are read from the ledger's charges."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 @pytest.fixture
@@ -37,15 +45,24 @@ async def test_agent_delete_names_what_is_lost_and_deletes_only_when_confirmed(
     assert question.ephemeral and [b[0] for b in question.buttons()] == ["Confirm", "Cancel"]
     shown = question.text()
     assert "Delete Nova?" in shown
-    assert "generated avatar (at least 5,000 tokens" in shown
+    assert "generated avatar (5,000 tokens were spent generating avatars)" in shown
     assert "1 document and " in shown and f"({taught:,} tokens were spent" in shown
     assert "Confirm within 60 seconds." in shown and confirm.CONFIRM_SECONDS == 60
     assert "Cancelled: nothing was changed." in text(asked)
     assert await services.repo.agent(ACCOUNT, "Nova") is not None
 
+    await owner.run("/avatar generate agent:Nova")  # a second one replaces the first
+    asked = await owner.run("/agent delete name:Nova confirm:no")
+    assert "(10,000 tokens were spent generating avatars)" in asked[0].text()
+
     sent = await owner.run("/agent delete name:Nova confirm:yes")
     assert "Deleted **Nova**" in text(sent)
     assert await services.repo.agent(ACCOUNT, "Nova") is None
+    # A new agent of the same name owes nothing to the old one's avatars.
+    await owner.run('/agent create name:Nova prompt:"Another astronomer"')
+    await owner.run("/avatar generate agent:Nova")
+    asked = await owner.run("/agent delete name:Nova confirm:no")
+    assert "(5,000 tokens were spent generating avatars)" in asked[0].text()
 
 
 async def test_an_unanswered_confirmation_changes_nothing(

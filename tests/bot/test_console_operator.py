@@ -27,6 +27,10 @@ def test_markup_reads_as_the_client_shows_it() -> None:
     )
     assert plain(f"<t:{stamp}:d> <t:{stamp}>", now=now) == "2027-01-03 3 January 2027 12:00 UTC"
     assert plain("<t:0:R>", now=now).endswith(" years ago")
+    assert plain("<t:9999999999999:R>", now=now) == "<t:9999999999999:R>"  # no traceback
+    assert plain("✅ Created **Nova**. Try `/chat`.") == "✅ Created Nova. Try /chat."
+    fenced = "```py\nx = `a` ** 2\n```"
+    assert plain(fenced) == fenced  # a code block keeps its fences and its text
 
 
 async def session(
@@ -60,6 +64,7 @@ async def test_no_raw_markup_and_each_file_written_once(
     )
     printed = await session(app_config, services, tmp_path / "out", script)
     assert "<t:" not in printed and "<@" not in printed and "\n-# " not in printed
+    assert "**" not in printed and "`/avatar" not in printed
     assert "Resets: " in printed and " UTC" not in printed.split("Resets: ")[1][:20]
     saved = [
         line.removeprefix("file: ") for line in printed.splitlines() if line.startswith("file: ")
@@ -77,12 +82,26 @@ async def test_choices_and_option_types_are_checked_as_discord_does(
         [
             "/admin plan member:5 plan:gold",
             "/admin plan member:5 plan:pro reason:test",
+            "/admin grant member:5 amount:abc reason:x",
+            "/admin grant member:5 amount:1_000 reason:x",
+            "/admin grant member:bob amount:5 reason:x",
+            "/limits role role:<@&77> amount:2.5",
+            "/docs upload agent:Nova file:./no-such-file.pdf",
         ]
     )
     printed = await session(app_config, services, tmp_path / "out", script, guild_id=1000)
     assert "error: plan must be one of: " in printed and "(not 'gold')" in printed
     assert "Something went wrong" not in printed
     assert "is on pro" in printed
+    for refusal in (
+        "error: amount must be a whole number, not 'abc'",
+        "error: amount must be a whole number, not '1_000'",  # Python's int() takes it
+        "error: member must be a member (<@id> or an id), not 'bob'",
+        "error: amount must be a whole number, not '2.5'",
+        "error: file: cannot read ./no-such-file.pdf: No such file or directory",
+    ):
+        assert refusal in printed, printed
+    assert "invalid literal" not in printed and "Errno" not in printed
 
 
 async def test_member_acts_without_manage_server(
@@ -103,9 +122,36 @@ async def test_help_lists_the_commands_with_their_options(
     assert "/agent create name: [prompt:]" in printed and "/tokens  (" in printed
     # The real /help first, as text: each command's cost, the plan, the balance (issue 14).
     assert printed.index("(5,000 tokens)") < printed.index("/agent create name: [prompt:]")
-    assert "You: Free, 250,000 tokens remaining" in printed and "Use `/upgrade`" in printed
+    assert "You: Free, 250,000 tokens remaining" in printed and "Use /upgrade" in printed
     alone = await session(app_config, services, tmp_path / "out", "help")
     assert "/agent create name: [prompt:]" in alone and "tokens remaining" not in alone
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_banner_when_interactive_only(
+    tmp_path: Path, app_config: Config, services: Services
+) -> None:
+    for lines, shown in ((Terminal("/tokens\n"), True), (io.StringIO("/tokens\n"), False)):
+        output = io.StringIO()
+        await run_console(
+            app_config,
+            user_id=1,
+            guild_id=7,
+            out_dir=tmp_path,
+            lines=lines,
+            output=output,
+            services=services,
+            member=True,
+        )
+        first = output.getvalue().splitlines()[0]
+        assert first.startswith("Agent bot console: slash commands as user 1") is shown, first
+        if shown:
+            assert "in server 7, as a member without Manage Server" in first
+            assert "/help lists the commands" in output.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Costs that must not grow with the wrong thing: start-up does nothing whose cost grows
 with the number of agents (the avatar sweep runs in the background, a while later);
-deleting an agent finds its conversations by index."""
+deleting an agent finds its conversations by index, and every foreign key has an index."""
 
 from __future__ import annotations
 
@@ -79,6 +79,33 @@ async def test_deleting_an_agent_finds_its_conversations_by_index(app_config: Co
     finally:
         await opened.close()
     assert any("INDEX conversations_agent" in row[-1] for row in plan), [tuple(r) for r in plan]
+
+
+async def test_every_foreign_key_is_found_by_an_index(app_config: Config) -> None:
+    """A parent's delete, or a read of a parent's children, finds them by index: every
+    foreign key column leads some index of its table (or its primary key)."""
+    opened = await Services.open(app_config, ai=AIGateway(app_config.openai, "k", strict=True))
+    missing: list[str] = []
+    checked = 0
+    try:
+        reader = opened.ledger.store.reader
+        tables = await reader.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%'"
+            " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '%_fts_%'"
+        )
+        for (table,) in tables:
+            keys = await reader.execute_fetchall(f"PRAGMA foreign_key_list({table})")
+            leading = set()
+            for index in await reader.execute_fetchall(f"PRAGMA index_list({table})"):
+                columns = await reader.execute_fetchall(f"PRAGMA index_info({index['name']})")
+                leading |= {c["name"] for c in columns if c["seqno"] == 0}
+            info = await reader.execute_fetchall(f"PRAGMA table_info({table})")
+            leading |= {c["name"] for c in info if c["pk"] == 1}
+            missing += [f"{table}.{k['from']}" for k in keys if k["from"] not in leading]
+            checked += len(keys)
+    finally:
+        await opened.close()
+    assert missing == [] and checked >= 10
 
 
 async def _document(services: Services, chunks: int) -> tuple[int, int]:

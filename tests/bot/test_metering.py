@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.core import metering
 from bot.core.metering import Actor
 from bot.services import Services
 from ledger import InsufficientTokens
@@ -123,3 +125,30 @@ async def test_holds_cover_the_fakes_real_token_usage(services: Services, fake_o
         assert charged <= held, (operation, held, charged)
         if operation == "document_upload":
             assert held <= charged * 1.10, (held, charged)
+
+
+async def test_a_release_that_fails_is_retried_and_the_member_told_the_real_error(
+    services: Services, owner: Any, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, finding 8: with the file table exhausted a release failed, the member
+    got "Something went wrong" and the hold's tokens stayed held until the sweep."""
+    monkeypatch.setattr(metering, "RELEASE_RETRY_SECONDS", (0.0, 0.0, 0.0))
+    release = services.ledger.release
+    failures = [sqlite3.OperationalError("unable to open database file")] * 2
+
+    async def flaky(hold: Any, reason: str | None = None) -> Any:
+        if failures:
+            raise failures.pop()
+        return await release(hold, reason)
+
+    monkeypatch.setattr(services.ledger, "release", flaky)
+    await owner.run('/agent create name:Nova prompt:"An astronomer"')
+    fake_openai.fail_next("images", "500")
+    said = "\n".join(s.text() for s in await owner.run("/avatar generate agent:Nova"))
+    assert "busy right now; nothing was charged" in said, said
+    assert "Something went wrong" not in said
+    await services.meter.drain()  # the retries, in the background
+    assert failures == []
+    balance = await services.ledger.balance("guild:1000")
+    assert (balance.tokens_held, balance.tokens_used) == (0, 0)
+    assert await services.ledger.verify() == []

@@ -16,6 +16,7 @@ from bot.config import Config
 from bot.front.standin import CommandRunner
 from bot.http.sidecar import build_app
 from bot.services import Services
+from tests.billing import payloads
 
 ACCOUNT = "guild:1000"
 
@@ -40,8 +41,16 @@ async def test_metrics_equal_the_ledger_after_a_session(
     await owner.run("/chat agent:Nova message:hello")
     fake_openai.fail_next("images", "500")
     await owner.run("/avatar generate agent:Nova")  # failed: nothing charged
+    app_config.secrets.lemonsqueezy_webhook_secret = SecretStr(payloads.SECRET)
     app = build_app(app_config, services.ledger, telemetry=services.telemetry)
     async with TestClient(TestServer(app)) as client:
+        for body in (
+            payloads.encode(payloads.subscription("subscription_created")),
+            payloads.encode(payloads.subscription("subscription_updated", variant_id="77")),
+        ):
+            signature = {"X-Signature": payloads.sign(body), "Content-Type": "application/json"}
+            posted = await client.post("/webhooks/lemonsqueezy", data=body, headers=signature)
+            assert posted.status == 200
         response = await client.get("/metrics")
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=")
@@ -57,6 +66,10 @@ async def test_metrics_equal_the_ledger_after_a_session(
                 "SELECT operation_type, COUNT(*) FROM holds WHERE status = 'committed' GROUP BY 1"
             ).fetchall()
         )
+        events = conn.execute("SELECT outcome, COUNT(*) FROM webhook_events GROUP BY 1").fetchall()
+    assert sum(n for _, n in events) == 2
+    for outcome, count in events:
+        assert found[("bot_webhook_events_total", (("outcome", outcome),))] == count, outcome
     for operation, count in committed.items():
         key = ("bot_paid_calls_total", (("operation", operation), ("outcome", "ok")))
         assert found[key] == count, operation

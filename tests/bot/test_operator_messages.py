@@ -42,13 +42,15 @@ async def test_every_plan_figure_comes_from_the_configuration(
     assert "12,500,000 tokens a month and 20 agents" in upgrade
     assert "300,000 tokens a month and unlimited agents" in upgrade  # free: 0 = unlimited
     assert "0 agents" not in upgrade.replace("20 agents", "")
+    help_text = text(await owner.run("/help"))
+    assert "Pro: 12,500,000 tokens a month and 20 agents, $45/month." in help_text
     hold = await services.ledger.reserve(ACCOUNT, 299_000, "chat", 1, 1000, "m")
     await services.ledger.commit(hold, 299_000)
     await owner.run('/agent create name:Nova prompt:"An astronomer"')
     refusal = text(await owner.run("/avatar generate agent:Nova"))
     assert "Upgrade to Pro for 12.5M tokens!" in refusal
     for stale in ("10M", "10,000,000", "unlimited agents and"):
-        assert stale not in tokens + upgrade + refusal
+        assert stale not in tokens + upgrade + refusal + help_text
 
 
 async def test_the_pro_notice_names_the_configured_allowance(app_config: Config) -> None:

@@ -5,6 +5,8 @@ Loopback only, a bounded number of connections, every wait bounded in time."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import resource
 import socket
 import subprocess
@@ -12,7 +14,14 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp import web
 
+from bot.config import Config
+from bot.front.standin import CommandRunner
+from bot.http.guard import accept_backlog, quiet_accept_errors
+from bot.http.sidecar import GUARD, start_sidecar
+from bot.services import Services
 from tests.children import bot_env
 
 SLOW = 120  # connections that send half a request head and then nothing
@@ -109,3 +118,96 @@ async def test_slow_headers_neither_exhaust_the_sidecar_nor_flood_its_log(
     assert code == 0, log
     assert "Traceback" not in log and "Too many open files" not in log, log
     assert len(log.splitlines()) <= 5, log  # the limit is said once, not once a connection
+
+
+async def _sidecar(app_config: Config, services: Services) -> tuple[web.AppRunner, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        app_config.webhooks.port = s.getsockname()[1]
+    runner = await start_sidecar(app_config, services.ledger)
+    return runner, app_config.webhooks.port
+
+
+async def test_a_body_sent_too_slowly_is_answered_408(
+    app_config: Config, services: Services
+) -> None:
+    app_config.webhooks.body_timeout_seconds = 0.2
+    app_config.webhooks.header_timeout_seconds = 60  # not what closes it
+    runner, port = await _sidecar(app_config, services)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /webhooks/lemonsqueezy HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"meta": '
+        )  # and the rest never comes
+        async with asyncio.timeout(20):
+            status = await reader.readline()
+        # ... and the connection ends with it: aiohttp's lingering read of the body
+        # would have held it 10 s more (5 s is far above the 0.2 s this takes).
+        async with asyncio.timeout(5):
+            rest = await reader.read()
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 408"), status
+        assert rest.endswith(b'{"error": "body too slow"}'), rest
+    finally:
+        await runner.cleanup()
+
+
+async def test_accepts_failing_for_want_of_descriptors_are_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio logged a traceback per failed accept: 342 MB of them in 90 s."""
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    passed: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: passed.append(context["message"]))
+    try:
+        quiet_accept_errors(loop)
+        with caplog.at_level(logging.DEBUG, logger="bot.http.guard"):
+            for _ in range(500):
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(errno.EMFILE, "Too many open files"),
+                    }
+                )
+            loop.call_exception_handler({"message": "something else", "exception": ValueError()})
+    finally:
+        loop.set_exception_handler(before)
+    said = [r for r in caplog.records if r.name == "bot.http.guard"]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert "cannot accept connections: Too many open files" in said[0].getMessage()
+    assert passed == ["something else"]  # other errors reach the usual handler
+
+
+async def test_the_discord_side_keeps_working_while_the_sidecar_is_attacked(
+    app_config: Config, services: Services, owner: CommandRunner
+) -> None:
+    """In `run` the bot shares the sidecar's process: with the sidecar full of slow
+    clients, commands still answer and are charged (they failed in the review)."""
+    app_config.webhooks.max_connections = 8
+    runner, port = await _sidecar(app_config, services)
+    server = runner.server
+    assert server is not None
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(40):  # five times what it may hold
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HEAD)
+            slow.append(writer)
+        await owner.run('/agent create name:Nova prompt:"An astronomer"')
+        tokens = "\n".join(s.text() for s in await owner.run("/tokens"))
+        chat = "\n".join(s.text() for s in await owner.run("/chat agent:Nova message:hello"))
+        assert "Remaining: 250,000" in tokens
+        assert "went wrong" not in chat and "busy" not in chat, chat
+        balance = await services.ledger.balance("guild:1000")
+        assert balance.tokens_used > 0 and balance.tokens_held == 0
+        live = [h for h in server.connections if h.transport is not None]
+        assert len(live) <= 8  # the rest were closed to make room
+        guard = runner.app[GUARD]
+        # Every handshake done is accepted, or still in the kernel's queue (backlog + 1).
+        assert guard.evicted >= 40 - 8 - (accept_backlog(8) + 1)
+    finally:
+        for writer in slow:
+            writer.close()
+        await runner.cleanup()

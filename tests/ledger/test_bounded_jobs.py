@@ -173,19 +173,6 @@ async def test_pieces_are_small_and_agree_with_one_walk(
     assert {"audit log", "accounts", "holds"} <= set(phases)
 
 
-async def test_usage_by_operation_reads_the_index_alone(ledger: Ledger, db_path: Path) -> None:
-    await _activity(ledger, 6)
-    with closing(sqlite3.connect(db_path)) as conn:
-        plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT operation_type, SUM(tokens_used) FROM token_usage"
-            " WHERE account_id = ? AND period_seq = ? AND status = 'charged'"
-            " GROUP BY operation_type ORDER BY 2 DESC",
-            ("user:1", 1),
-        ).fetchall()
-    assert any("COVERING INDEX token_usage_period" in row[-1] for row in plan), plan
-    assert await ledger.usage_by_operation("user:1") == {"chat": 100}
-
-
 async def test_incremental_verify_sees_a_held_counter_zeroed_under_a_pending_hold(
     ledger: Ledger, db_path: Path
 ) -> None:

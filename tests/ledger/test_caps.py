@@ -1,5 +1,7 @@
 """Caps on members' spending inside a server's pool: checked in the reserve's transaction,
-most specific first, reset with the period, journaled, and checked by verify()."""
+most specific first, reset with the period, journaled, and checked by verify(). On both
+stores (tests/conftest.py's `database`), but for the migration case, which builds an old
+SQLite file by hand."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,12 +23,6 @@ from ledger import (
 )
 
 ACCOUNT = "guild:1"
-
-
-@pytest.fixture
-def database(db_path: Path) -> str:
-    """SQLite only: these cases tamper with (or measure) the file itself."""
-    return str(db_path)
 
 
 async def test_50_concurrent_reserves_of_one_member_admit_exactly_the_cap(ledger: Ledger) -> None:
@@ -146,17 +143,17 @@ async def test_dms_have_no_caps(ledger: Ledger) -> None:
     assert await ledger.verify() == []
 
 
-async def test_every_cap_change_is_journaled(ledger: Ledger, db_path: Path) -> None:
+async def test_every_cap_change_is_journaled(ledger: Ledger) -> None:
     assert await ledger.set_cap(ACCOUNT, "member", 5, 100, actor="user:9", reason="a") is None
     assert await ledger.set_cap(ACCOUNT, "member", 5, 200, actor="user:8", reason="b") == 100
     assert await ledger.clear_cap(ACCOUNT, "member", 5, actor="user:9", reason="c") == 200
     assert await ledger.clear_cap(ACCOUNT, "member", 5, actor="user:9", reason="d") is None
-    with closing(sqlite3.connect(db_path)) as conn:
-        rows = conn.execute(
-            "SELECT action, old_value, new_value, actor, reason FROM journal"
-            " WHERE account_id = ? ORDER BY id",
-            (ACCOUNT,),
-        ).fetchall()
+    found = await ledger.store.reader.execute_fetchall(
+        "SELECT action, old_value, new_value, actor, reason FROM journal"
+        " WHERE account_id = ? ORDER BY id",
+        (ACCOUNT,),
+    )
+    rows = [tuple(row) for row in found]
     assert rows == [
         ("cap_member:5", None, "100", "user:9", "a"),
         ("cap_member:5", "100", "200", "user:8", "b"),
@@ -165,20 +162,27 @@ async def test_every_cap_change_is_journaled(ledger: Ledger, db_path: Path) -> N
     assert await ledger.caps(ACCOUNT) == []
 
 
-async def test_verify_catches_a_tampered_member_counter(ledger: Ledger, db_path: Path) -> None:
+async def _tamper(ledger: Ledger, sql: str) -> None:
+    """Change a row behind the ledger's back, as a hand-edit of the database would."""
+
+    async def op(conn: Any) -> None:
+        await conn.execute(sql)
+
+    await ledger.store.write(op)
+
+
+async def test_verify_catches_a_tampered_member_counter(ledger: Ledger) -> None:
     hold = await ledger.reserve(ACCOUNT, 1_000, "chat", user_id=5)
     await ledger.commit(hold, 800)
     await ledger.reserve(ACCOUNT, 300, "chat", user_id=5)
     assert await ledger.verify() == []
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        conn.execute("UPDATE member_spending SET tokens_used = 700, tokens_held = 0")
+    await _tamper(ledger, "UPDATE member_spending SET tokens_used = 700, tokens_held = 0")
     problems = [str(v) for v in await ledger.verify()]
     assert problems == [
         "guild:1: member 5 tokens_used 700 != their charges this period (800)",
         "guild:1: member 5 tokens_held 0 != their pending holds (300)",
     ]
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        conn.execute("DELETE FROM member_spending")
+    await _tamper(ledger, "DELETE FROM member_spending")
     problems = [str(v) for v in await ledger.verify()]
     assert problems == [
         "guild:1: member 5 has 800 tokens of charges this period but no spending counter for it"

@@ -93,14 +93,15 @@ HOLDER = textwrap.dedent(
 )
 
 
-def _env(db_path: Path) -> dict[str, str]:
+def _env(db_path: Path | str) -> dict[str, str]:
     return bot_env(BOT_STORAGE__DATABASE=str(db_path))
 
 
 class Children:
-    """Child processes of one test; every one still running at the end is killed."""
+    """Child processes of one test; every one still running at the end is killed. Their
+    database is a SQLite file, or a PostgreSQL address."""
 
-    def __init__(self, tmp_path: Path, db_path: Path) -> None:
+    def __init__(self, tmp_path: Path, db_path: Path | str) -> None:
         self.tmp_path = tmp_path
         self.db_path = db_path
         self.procs: list[subprocess.Popen[str]] = []

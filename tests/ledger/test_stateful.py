@@ -10,6 +10,7 @@ import calendar
 import shutil
 import tempfile
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ from ledger import (
     Resolution,
     SweepReport,
 )
-from tests.stores import create_schema, drop_schema, with_schema
+from tests.stores import migrated_schema
 
 T = TypeVar("T")
 
@@ -105,11 +106,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.folder = tempfile.mkdtemp(prefix="ledger-stateful-")
         self.clock = ManualClock(START)
-        self.schema: str | None = None
+        self.lent: AbstractAsyncContextManager[str] | None = None
         database = str(Path(self.folder, "ledger.db"))
         if self.store == "postgresql":
-            self.schema = self.run(create_schema())
-            database = with_schema(self.schema)
+            self.lent = migrated_schema()
+            database = self.run(self.lent.__aenter__())
         self.ledger: Ledger = self.run(
             Ledger.open(database, clock=self.clock, hold_ttl_seconds=TTL)
         )
@@ -124,8 +125,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.run(self.ledger.close())
-            if self.schema is not None:
-                self.run(drop_schema(self.schema))
+            if self.lent is not None:
+                self.run(self.lent.__aexit__(None, None, None))
         finally:
             self.loop.close()
             shutil.rmtree(self.folder, ignore_errors=True)

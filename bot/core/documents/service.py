@@ -204,7 +204,7 @@ class DocumentService:
             store=store,
             agent=agent.name,
         )
-        self.retriever.invalidate(agent.id)
+        await self.retriever.forget(agent.id)
         documents = {d.id: d for d in await self.repo.documents(agent.id)}
         return UploadResult(
             documents[document_ids[0]], metered.charged, metered.available, len(groups)
@@ -217,7 +217,7 @@ class DocumentService:
     async def remove(self, actor: Actor, agent_name: str, document: str) -> Document:
         agent, found = await self.find(actor, agent_name, document)
         await self.repo.delete_document(agent.id, found.id)
-        self.retriever.invalidate(agent.id)
+        await self.retriever.forget(agent.id)
         return found
 
     async def find(self, actor: Actor, agent_name: str, document: str) -> tuple[Agent, Document]:
