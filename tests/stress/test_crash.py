@@ -649,8 +649,10 @@ async def crash_rounds(
 async def test_metered_work_survives_sigkill(
     tmp_path: Path, fake_openai: FakeOpenAI, children: Children
 ) -> None:
-    figures = await crash_rounds(8, tmp_path, fake_openai, children)
-    assert figures.rounds == 8
+    # Six rounds: one block of plan_rounds, so each kill point once (an in-flight kill, on
+    # the dead child's pid, among them); the long variant runs eight blocks.
+    figures = await crash_rounds(len(MODES), tmp_path, fake_openai, children)
+    assert figures.rounds == len(MODES)
     assert set(figures.modes) == set(MODES)  # every planned kill point was reached
     # Regression: a bot restarted with its dead predecessor's pid (PID 1 of a container
     # restarted in place) took the dead instance for itself and left its holds pending.
