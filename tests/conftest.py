@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+import tests.examples
 from ledger import Ledger, ManualClock
 from tests.stores import STORES, drop_lent_schemas, migrated_schema
 
@@ -19,6 +21,30 @@ pytest_plugins: list[str] = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="run the long variants too")
+
+
+WORKERS = 2  # the machine's two cores
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns -n into its workers
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The whole suite (no path given: the README's command, .ci/run) runs on two workers
+    when pytest-xdist is installed (the test extra has it): its processes and waits
+    overlap, which no cut within a test gives. A file or a test named on the command line
+    runs in this process, as does any run given -n, --pdb or --collect-only, and each
+    worker itself. Every test is safe in parallel: ports are chosen by the system, files
+    live under tmp_path, PostgreSQL schemas have random names, settings are per process."""
+    if not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    option = config.option
+    if option.numprocesses is None and not option.usepdb and not option.collectonly:
+        option.numprocesses = WORKERS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tests.examples.LONG = bool(config.getoption("--slow"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -15,13 +15,17 @@ unmigrated schema, for tests that migrate it themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ledger.storage import open_store
 
 POSTGRES = os.environ.get("BOT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ["sqlite", "postgresql"]
@@ -76,46 +80,38 @@ async def fresh_schema() -> AsyncIterator[str]:
         await drop_schema(schema)
 
 
-# The definition of a schema: tables, columns, defaults, indexes, constraints, triggers,
-# functions, and the rows a migration leaves (the schema versions). Names of the schema
-# itself are left out, so every migrated schema has the same one.
+# The definition of a schema's tables, as the catalog rows that hold it: the tables,
+# their columns, triggers, constraints and indexes. DDL writes new rows (a new xmin), so a
+# table dropped or altered, a trigger disabled, an index added all change it; statistics
+# and vacuum update in place and do not. (A table a test adds is not seen, nor emptied:
+# no code of ours would read it.) Looked up by the tables' oids, it costs a millisecond.
 _DEFINITION = """
-SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
-    SELECT 'class ' || c.relname || ' ' || c.relkind::text
-        FROM pg_class c WHERE c.relnamespace = to_regnamespace($1)
-    UNION ALL
-    SELECT 'column ' || c.relname || '.' || a.attname || ' '
-            || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull::text || ' '
-            || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE c.relnamespace = to_regnamespace($1) AND a.attnum > 0 AND NOT a.attisdropped
-    UNION ALL
-    SELECT 'index ' || c.relname || ' ' || replace(pg_get_indexdef(i.indexrelid), $1 || '.', '')
-        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE c.relnamespace = to_regnamespace($1)
-    UNION ALL
-    SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
-        FROM pg_constraint WHERE connamespace = to_regnamespace($1)
-    UNION ALL
-    SELECT 'trigger ' || t.tgname || ' ' || t.tgenabled::text || ' ' || c.relname
-        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-        WHERE c.relnamespace = to_regnamespace($1)
-    UNION ALL
-    SELECT 'function ' || proname || ' ' || md5(prosrc)
-        FROM pg_proc WHERE pronamespace = to_regnamespace($1)
-    UNION ALL
-    SELECT 'version ' || v.part || ' ' || v.version FROM {schema}.schema_versions v
-) AS definition(item)
+SELECT md5(concat_ws('|',
+    (SELECT string_agg(oid::text || ':' || xmin::text, ',' ORDER BY oid)
+        FROM pg_class WHERE oid = ANY($1::oid[])),
+    (SELECT string_agg(attrelid::text || '.' || attnum || ':' || xmin::text, ','
+            ORDER BY attrelid, attnum)
+        FROM pg_attribute WHERE attrelid = ANY($1::oid[])),
+    (SELECT string_agg(oid::text || ':' || xmin::text, ',' ORDER BY oid)
+        FROM pg_trigger WHERE tgrelid = ANY($1::oid[])),
+    (SELECT string_agg(oid::text || ':' || xmin::text, ',' ORDER BY oid)
+        FROM pg_constraint WHERE conrelid = ANY($1::oid[])),
+    (SELECT string_agg(indexrelid::text || ':' || xmin::text, ',' ORDER BY indexrelid)
+        FROM pg_index WHERE indrelid = ANY($1::oid[]))
+))
 """
 
 _free: list[str] = []  # migrated schemas, empty, ready to lend
+_tables: dict[str, list[int]] = {}  # schema -> the oids of its tables
 _definitions: dict[str, str] = {}  # schema -> its definition as the session migrated it
 _emptying: dict[str, str] = {}  # schema -> the statements that empty it again
 
 
 async def _definition(admin: Any, schema: str) -> str:
-    return str(await admin.fetchval(_DEFINITION.format(schema=schema), schema))
+    """The tables' definition and the schema versions a migration recorded."""
+    versions = await admin.fetch(f"SELECT part, version FROM {schema}.schema_versions")
+    tables = await admin.fetchval(_DEFINITION, _tables[schema])
+    return f"{tables} {sorted(map(tuple, versions))}"
 
 
 async def _migrate(schema: str) -> None:
@@ -145,10 +141,13 @@ async def _new_migrated_schema(admin: Any) -> str:
 async def _prepare(admin: Any, schema: str) -> str:
     await _migrate(schema)
     tables = await admin.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND tablename <> 'schema_versions'"
-        " ORDER BY tablename",
+        "SELECT c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
         schema,
     )
+    _tables[schema] = [row[1] for row in tables]
+    # The schema versions stay: a fresh migration leaves them. The rest must be empty.
+    tables = [row for row in tables if row[0] != "schema_versions"]
     sequences = await admin.fetch(
         "SELECT sequencename, start_value FROM pg_sequences WHERE schemaname = $1", schema
     )
@@ -178,7 +177,7 @@ async def _give_back(schema: str) -> None:
         pass
     finally:
         await admin.close()
-    del _definitions[schema], _emptying[schema]
+    del _tables[schema], _definitions[schema], _emptying[schema]
     await drop_schema(schema)
 
 
@@ -203,5 +202,52 @@ async def drop_lent_schemas() -> None:
     """At the end of the session."""
     while _free:
         schema = _free.pop()
-        del _definitions[schema], _emptying[schema]
+        del _tables[schema], _definitions[schema], _emptying[schema]
         await drop_schema(schema)
+
+
+async def query(
+    database: str | Path, sql: str, parameters: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """The rows of a read, through the store of either engine, as plain tuples."""
+    store = await open_store(database)
+    try:
+        return [tuple(r) for r in await store.reader.execute_fetchall(sql, parameters)]
+    finally:
+        await store.close()
+
+
+async def execute(database: str | Path, sql: str, parameters: Sequence[Any] = ()) -> None:
+    """One statement in a write transaction of the store: what a test does behind the
+    ledger's back (tampering, a process made to look as if it ran elsewhere)."""
+    store = await open_store(database)
+    try:
+        await store.write(lambda conn: conn.execute(sql, parameters))
+    finally:
+        await store.close()
+
+
+def query_now(
+    database: str | Path, sql: str, parameters: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """`query`, from a test that is not async."""
+    return asyncio.run(query(database, sql, parameters))
+
+
+def execute_now(database: str | Path, sql: str, parameters: Sequence[Any] = ()) -> None:
+    """`execute`, from a test that is not async."""
+    asyncio.run(execute(database, sql, parameters))
+
+
+@contextmanager
+def sync_database(store: str, path: Path) -> Iterator[str]:
+    """For a test that is not async: `path` for "sqlite", or a fresh PostgreSQL schema
+    for "postgresql" (dropped afterwards)."""
+    if store == "sqlite":
+        yield str(path)
+        return
+    schema = asyncio.run(create_schema())
+    try:
+        yield with_schema(schema)
+    finally:
+        asyncio.run(drop_schema(schema))

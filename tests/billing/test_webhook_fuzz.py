@@ -21,7 +21,8 @@ unknown events, missing and wrongly typed fields. For every request:
 then every request answered 200 is replayed byte for byte and changes nothing, and
 `ledger.verify()` finds no violation. The number of requests is printed (run with -s).
 
-Default examples keep the file near 10 s; `pytest --slow` runs the long variants too.
+The default run tries half the examples (tests/examples.py); `pytest --slow` tries them
+all and runs the long variants too.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tests.billing.payloads import (
     sign,
     subscription,
 )
+from tests.examples import examples
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SEEDED = "guild:1000"  # Pro through subscription 101 before each example
@@ -74,7 +76,7 @@ FUZZ = settings(
     derandomize=True,  # the same examples on every run and machine
     database=None,  # nothing written into the repository
     deadline=None,  # each example opens a database: its time varies with the machine
-    max_examples=160,
+    max_examples=examples(160),
     suppress_health_check=[
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
@@ -82,7 +84,7 @@ FUZZ = settings(
     ],
 )
 FUZZ_LONG = settings(FUZZ, max_examples=3_000)
-REPLAY = settings(FUZZ, max_examples=50)
+REPLAY = settings(FUZZ, max_examples=examples(50))
 REPLAY_LONG = settings(FUZZ, max_examples=1_000)
 
 

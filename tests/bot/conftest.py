@@ -3,11 +3,7 @@ client against the fake server, the real cogs driven by the stand-in interaction
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,8 @@ from bot.core.ai import AIGateway
 from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner
 from bot.services import Services
+from ledger.storage import Store
+from tests.bot.helpers import on_virtual_time
 
 GUILD = 1000
 OWNER = 1
@@ -40,46 +38,26 @@ async def services(app_config: Config) -> AsyncIterator[Services]:
     opened = await Services.open(app_config, ai=ai)
     try:
         yield opened
+        await assert_holds_covered(opened.ledger.store)
     finally:
         await opened.close()
-    assert_holds_covered(Path(app_config.storage.database))
 
 
-def assert_holds_covered(database: Path) -> None:
+async def assert_holds_covered(store: Store) -> None:
     """Every document and chat of the test was held at least what it cost: the fake counts
     usage with the real tokenizers, so an estimate that is too low fails here."""
-    if not database.exists():
-        return
-    with closing(sqlite3.connect(database)) as conn:
-        short = conn.execute(
-            "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
-            " AND operation_type IN ('chat', 'document_upload') AND charged > amount"
-        ).fetchall()
+    short = await store.reader.execute_fetchall(
+        "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
+        " AND operation_type IN ('chat', 'document_upload') AND charged > amount"
+    )
     assert short == [], f"holds below the real cost (operation, held, charged): {short}"
-
-
-class VirtualTime:
-    """The wall clock plus every second slept: a streamed answer's throttling (one edit a
-    second, the channel's budget) runs as in production but waits no real time."""
-
-    def __init__(self) -> None:
-        self.skipped = 0.0
-
-    def clock(self) -> float:
-        return time.monotonic() + self.skipped
-
-    async def sleep(self, seconds: float) -> None:
-        self.skipped += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
 async def bot(app_config: Config, services: Services) -> AsyncIterator[AgentBot]:
     instance = AgentBot(app_config, services)
     await instance.load_cogs()
-    chat: Any = instance.get_cog("ChatCog")
-    virtual = VirtualTime()
-    chat.clock, chat.sleep = virtual.clock, virtual.sleep
+    on_virtual_time(instance)
     yield instance
     # services are closed by their own fixture
 

@@ -18,6 +18,7 @@ from bot.errors import AIUnavailable
 from bot.services import Services
 
 ACTOR = Actor("guild:77", 1, 77)
+QUESTION = "What is a pulsar?"
 ANSWER = "Pulsars are rapidly spinning neutron stars that sweep beams of radio waves. " * 4
 
 
@@ -55,6 +56,19 @@ async def _charges(services: Services) -> list[Any]:
     )
 
 
+async def _ask_broken(services: Services, thread: str, fails: type[BaseException]) -> Any:
+    """Ask on `thread` for an answer whose stream the fake was told to break; the ask must
+    raise `fails`. Returns the error and the pieces that reached the member before it."""
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    with pytest.raises(fails) as raised:
+        await services.chat.ask(ACTOR, "Nova", thread, QUESTION, on_text=on_text)
+    return raised.value, pieces
+
+
 def _partial_cost(services: Services, nova: Any, message: str, delivered: str) -> int:
     model = services.config.openai.chat_model
     prompt = estimate_prompt(build_messages(nova, [], [], message), model)
@@ -69,7 +83,7 @@ async def test_a_complete_stream_charges_its_usage_chunk_exactly(
     async def on_text(piece: str) -> None:
         pieces.append(piece)
 
-    answer = await services.chat.ask(ACTOR, "Nova", "t1", "What is a pulsar?", on_text=on_text)
+    answer = await services.chat.ask(ACTOR, "Nova", "t1", QUESTION, on_text=on_text)
 
     assert len(pieces) > 10 and "".join(pieces) == answer.text == ANSWER
     (request,) = fake_openai.completed("chat")
@@ -85,18 +99,12 @@ async def test_a_stream_cut_after_some_chunks_charges_prompt_plus_delivered(
     services: Services, fake_openai: Any, nova: Any
 ) -> None:
     fake_openai.cut_stream(after=5)
-    pieces: list[str] = []
-
-    async def on_text(piece: str) -> None:
-        pieces.append(piece)
-
-    with pytest.raises(AnswerCut) as cut:
-        await services.chat.ask(ACTOR, "Nova", "t2", "What is a pulsar?", on_text=on_text)
+    cut, pieces = await _ask_broken(services, "t2", AnswerCut)
 
     delivered = "".join(pieces)
     assert len(pieces) == 5 and delivered == fake_openai.requests[-1].streamed
-    expected = _partial_cost(services, nova, "What is a pulsar?", delivered)
-    assert cut.value.charged == expected and cut.value.text == delivered
+    expected = _partial_cost(services, nova, QUESTION, delivered)
+    assert cut.charged == expected and cut.text == delivered
     ((tokens, status, details),) = await _charges(services)
     assert tokens == expected and status == "charged"
     assert details.startswith("partial")
@@ -110,13 +118,7 @@ async def test_a_stream_cut_before_any_text_charges_nothing(
     services: Services, fake_openai: Any, nova: Any
 ) -> None:
     fake_openai.cut_stream(after=0)
-    pieces: list[str] = []
-
-    async def on_text(piece: str) -> None:
-        pieces.append(piece)
-
-    with pytest.raises(AIUnavailable):
-        await services.chat.ask(ACTOR, "Nova", "t3", "What is a pulsar?", on_text=on_text)
+    _, pieces = await _ask_broken(services, "t3", AIUnavailable)
 
     assert pieces == []
     assert await _charges(services) == []
@@ -136,9 +138,7 @@ async def test_a_cancellation_mid_stream_charges_what_was_generated_once(
         if len(pieces) == 4:
             four.set()
 
-    task = asyncio.create_task(
-        services.chat.ask(ACTOR, "Nova", "t4", "What is a pulsar?", on_text=on_text)
-    )
+    task = asyncio.create_task(services.chat.ask(ACTOR, "Nova", "t4", QUESTION, on_text=on_text))
     await four.wait()  # the stream now stalls: the member deletes the thread
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -146,7 +146,7 @@ async def test_a_cancellation_mid_stream_charges_what_was_generated_once(
     await services.meter.drain()
     fake_openai.release()
 
-    expected = _partial_cost(services, nova, "What is a pulsar?", "".join(pieces))
+    expected = _partial_cost(services, nova, QUESTION, "".join(pieces))
     rows = await _charges(services)
     assert [(r[0], r[1]) for r in rows] == [(expected, "charged")]
     assert rows[0][2] == "partial: cancelled"
@@ -159,11 +159,7 @@ async def test_a_stream_without_its_usage_chunk_is_charged_as_partial(
 ) -> None:
     # A server that ignores stream_options: the answer arrives but no usage does.
     fake_openai.omit_stream_usage = True
-
-    async def on_text(piece: str) -> None:
-        return None
-
-    with pytest.raises(AnswerCut) as cut:
-        await services.chat.ask(ACTOR, "Nova", "t5", "What is a pulsar?", on_text=on_text)
-    assert cut.value.charged == _partial_cost(services, nova, "What is a pulsar?", ANSWER)
+    cut, pieces = await _ask_broken(services, "t5", AnswerCut)
+    assert "".join(pieces) == ANSWER  # the whole answer came; only its usage did not
+    assert cut.charged == _partial_cost(services, nova, QUESTION, ANSWER)
     await _clean(services)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner, Sent, StandInAttachment, UsageError
 from bot.services import Services
 from tests.bot.conftest import GUILD, OWNER
-from tests.bot.helpers import assert_mentions_disabled, text
+from tests.bot.helpers import assert_mentions_disabled, on_virtual_time, text
 from tests.fakes.openai_server import FakeOpenAI
 from tests.hostile import DATA, LARGE, SMALL, long_text, write_large
 
@@ -59,6 +59,8 @@ class Item:
     says: str = ""  # a fragment of the answer
     upload_as: str | None = None  # the attachment's file name, if not `name`
     text_limit: int | None = None  # a lowered MAX_PDF_TEXT_CHARS, to keep a bomb quick
+    deadline: float | None = None  # a lowered extraction deadline, for a bomb that meets it
+    memory_mb: int | None = None  # a lowered worker memory bound, for a bomb that meets it
 
 
 def item(
@@ -107,10 +109,12 @@ DOCUMENTS = [
     item("nested_dicts_50000.pdf", "refused"),  # pypdf drops the page's text: "no text"
     item("one_line_200kb.pdf", "accepted"),
     item("one_line_2mb.pdf", "accepted"),  # PDFium reads what the page shows (as pdftotext)
-    item("content_bomb.pdf", "refused", TOO_COMPLEX),  # 40 MB of operators a page: deadline
+    # 40 MB of operators a page (12 GB to draw in all): it meets the deadline, whatever it is.
+    item("content_bomb.pdf", "refused", TOO_COMPLEX, deadline=2.0),
     item("cmap_bomb.pdf", "accepted"),  # PDFium parses the font's CMap once, not per page
     item("shared_text_bomb.pdf", "refused", TOO_MUCH, text_limit=1_000_000, suffix="-limit-1M"),
-    item("form_bomb.pdf", "refused", TOO_COMPLEX, suffix="-memory"),  # gigabytes: RLIMIT_AS
+    # Gigabytes to draw: RLIMIT_AS ends it (at 256 MB, four times sooner than at 1 GB).
+    item("form_bomb.pdf", "refused", TOO_COMPLEX, memory_mb=256, suffix="-memory"),
     item("shared_text_bomb.pdf", "refused", TOO_MUCH, slow=True, suffix="-real-limits"),
     item("form_bomb.pdf", "refused", TOO_COMPLEX, slow=True, suffix="-real-limits"),
     item("png_renamed.txt", "refused", "an image", upload_as="picture.pdf"),
@@ -279,6 +283,7 @@ async def services(
 async def shared_bot(services: Services) -> AgentBot:
     instance = AgentBot(services.config, services)
     await instance.load_cogs()
+    on_virtual_time(instance)
     return instance
 
 
@@ -387,6 +392,12 @@ async def test_document_upload(
 ) -> None:
     if case.text_limit is not None:
         monkeypatch.setattr(bot.core.documents.extract, "MAX_PDF_TEXT_CHARS", case.text_limit)
+    pool = services.documents.extraction
+    if case.deadline is not None:
+        monkeypatch.setattr(pool, "limits", replace(pool.limits, deadline_seconds=case.deadline))
+    if case.memory_mb is not None:
+        bound = case.memory_mb * 1024 * 1024
+        monkeypatch.setattr(pool, "limits", replace(pool.limits, memory_bytes=bound))
     data = corpus(case.name)
     filename = case.upload_as or case.name
     before = await state(services, fake_openai, account)

@@ -31,6 +31,7 @@ from ledger import (
     Resolution,
     SweepReport,
 )
+from tests.examples import examples
 from tests.stores import migrated_schema
 
 T = TypeVar("T")
@@ -395,7 +396,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=examples(40),
     stateful_step_count=30,
     deadline=None,
     database=None,  # nothing written into the repository
@@ -412,7 +413,9 @@ class PostgresLedgerMachine(LedgerMachine):
     store = "postgresql"
 
 
-PostgresLedgerMachine.TestCase.settings = settings(LedgerMachine.TestCase.settings, max_examples=15)
+PostgresLedgerMachine.TestCase.settings = settings(
+    LedgerMachine.TestCase.settings, max_examples=examples(15)
+)
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")

@@ -364,6 +364,15 @@ async def _check(
     assert left == []
 
 
+async def test_300_chats_and_100_avatars_at_once(
+    tmp_path: Path, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All of it would cost about 734,000 against a budget of 600,000: some is refused.
+    case = LoadCase(chats=300, avatars=100, bonus=30_000)
+    await _run_load(tmp_path, fake_openai, monkeypatch, case)
+
+
+@pytest.mark.slow
 async def test_500_chats_and_200_avatars_at_once(
     tmp_path: Path, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
