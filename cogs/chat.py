@@ -144,13 +144,9 @@ class ChatCog(FeatureCog):
     ) -> ChatAnswer:
         """Ask, streaming into `surface`; deliver the whole answer, then the footer."""
         settings = self.services.config.chat
-        # A webhook's answers share its parent channel's budget (one webhook, one rate limit).
-        budget_channel: int | None = getattr(surface, "budget_channel", None)
-        if not budget_channel:
-            budget_channel = int(getattr(channel, "id", 0))
         live = LiveAnswer(
             surface,
-            budget_channel,
+            getattr(surface, "budget_channel", 0) or getattr(channel, "id", 0),
             self.budget,
             interval=settings.edit_interval_seconds,
             clock=self.clock,
