@@ -1,9 +1,16 @@
 """`GET /metrics`: Prometheus's text format, through prometheus-client.
 
 - From the database at each scrape, so every process reports the same and the figures
-  equal the ledger's: `bot_tokens_charged_total{operation, plan}` (charged tokens of
-  the audit log; plan is the account's plan now), `bot_holds_pending` and
-  `bot_tokens_held` (holds not yet settled), `bot_webhook_events_total{outcome}`.
+  equal the ledger's: `bot_tokens_charged_this_period{operation, plan}` (a gauge: the
+  tokens charged in each account's current period, summed; plan is the account's plan
+  now), `bot_holds_pending` and `bot_tokens_held` (holds not yet settled),
+  `bot_webhook_events_total{outcome}`.
+
+  The charged tokens come from the per-period counters (ledger/totals.py), one row per
+  account and operation, never from the audit log: a scrape's cost follows the number
+  of accounts, not the ledger's age (issue 17). It is a gauge, not a counter, because
+  it drops when an account's period moves on; a counter would make rate() read that
+  drop as a reset.
 - From this process (bot/core/telemetry.py): paid calls by outcome, AI latency by
   operation, ledger write batch sizes. In `run` that is the bot's work; the standalone
   sidecar counts only its own batches.
@@ -30,6 +37,13 @@ from ledger import Ledger
 
 PATH = "/metrics"
 
+# One primary-key range of usage_totals per account (its current period's operations).
+CHARGED_SQL = (
+    "SELECT t.subject, u.plan_type, SUM(t.tokens) FROM usage_limits u"
+    " JOIN usage_totals t ON t.account_id = u.account_id AND t.period_seq = u.period_seq"
+    " AND t.kind = 'operation' GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
 
 class _Figures(Collector):
     """The ledger's figures as read for one scrape."""
@@ -43,9 +57,9 @@ class _Figures(Collector):
         self.charged, self.pending, self.webhooks = charged, pending, webhooks
 
     def collect(self) -> Iterator[Metric]:
-        tokens = CounterMetricFamily(
-            "bot_tokens_charged",
-            "Tokens charged (the ledger's audit log), by operation and the account's plan",
+        tokens = GaugeMetricFamily(
+            "bot_tokens_charged_this_period",
+            "Tokens charged in each account's current period, by operation and plan",
             labels=["operation", "plan"],
         )
         for operation, plan, total in self.charged:
@@ -65,11 +79,7 @@ class _Figures(Collector):
 
 async def _figures(ledger: Ledger) -> _Figures:
     read = ledger.store.reader.execute_fetchall
-    charged = await read(
-        "SELECT t.operation_type, COALESCE(u.plan_type, 'free'), SUM(t.tokens_used)"
-        " FROM token_usage t LEFT JOIN usage_limits u ON u.account_id = t.account_id"
-        " WHERE t.status = 'charged' GROUP BY 1, 2 ORDER BY 1, 2"
-    )
+    charged = await read(CHARGED_SQL)
     pending = await read(
         "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM holds WHERE status = 'pending'"
     )

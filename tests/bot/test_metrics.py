@@ -64,7 +64,7 @@ async def test_metrics_equal_the_ledger_after_a_session(
     usage = await services.ledger.usage_by_operation(ACCOUNT)
     assert set(usage) >= {"avatar_generation", "document_upload", "chat"}
     for operation, tokens in usage.items():
-        key = ("bot_tokens_charged_total", (("operation", operation), ("plan", "free")))
+        key = ("bot_tokens_charged_this_period", (("operation", operation), ("plan", "free")))
         assert found[key] == tokens, operation
     rows = await services.ledger.store.reader.execute_fetchall(
         "SELECT operation_type, COUNT(*) FROM holds WHERE status = 'committed' GROUP BY 1"
@@ -105,3 +105,34 @@ async def test_metrics_can_be_kept_off_the_sidecar(services: Services, app_confi
     app = build_app(app_config, services.ledger, telemetry=services.telemetry)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/metrics")).status == 404
+
+
+async def test_a_scrape_reads_the_period_counters_not_the_audit_log(
+    owner: CommandRunner,
+    services: Services,
+    app_config: Config,
+    fake_openai: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 17: a scrape's cost must not follow the audit log's length."""
+    await owner.run('/agent create name:Nova prompt:"An astronomer"')
+    await owner.run("/chat agent:Nova message:hello")
+    reader = services.ledger.store.reader
+    read = reader.execute_fetchall
+    statements: list[str] = []
+
+    async def spy(sql: str, parameters: Any = ()) -> list[Any]:
+        statements.append(sql)
+        return await read(sql, parameters)
+
+    monkeypatch.setattr(reader, "execute_fetchall", spy)
+    app = build_app(app_config, services.ledger, telemetry=services.telemetry)
+    async with TestClient(TestServer(app)) as client:
+        found = samples(await (await client.get("/metrics")).text())
+    monkeypatch.undo()
+    assert statements, "the scrape read nothing from the ledger"
+    assert not [sql for sql in statements if "token_usage" in sql]
+    usage = await services.ledger.usage_by_operation(ACCOUNT)
+    assert usage["chat"] > 0
+    key = ("bot_tokens_charged_this_period", (("operation", "chat"), ("plan", "free")))
+    assert found[key] == usage["chat"]
