@@ -166,11 +166,16 @@ def _check(config: Config, args: argparse.Namespace) -> int:
                 return None
             return [str(v) for v in await ledger.verify()]
 
-    found = asyncio.run(database())
+    if _database_is_absent(config):
+        # A check creates no state (issue 16). Not a problem either: `run` creates it.
+        found: list[str] | None = []
+        state = "does not exist yet; `python -m bot run` creates it"
+    else:
+        found = asyncio.run(database())
+        state = "ok" if not found else "VIOLATIONS"
+        if found is None:
+            state = "ok, never verified: run `python -m bot ledger verify`"
     violations = found or []
-    state = "ok" if not violations else "VIOLATIONS"
-    if found is None:
-        state = "ok, never verified: run `python -m bot ledger verify`"
     print(f"database: {shown(config.storage.database)} ({state})")
     for violation in violations:
         print(f"  {violation}")
@@ -274,10 +279,17 @@ def _amount(text: str, config: Config) -> int:
     return amount
 
 
+def _database_is_absent(config: Config) -> bool:
+    """A SQLite file that is not there (opening it would create it); a PostgreSQL
+    address is never absent here: connecting tells."""
+    database = config.storage.database
+    return not is_postgres(database) and not Path(database).exists()
+
+
 def _require_database(config: Config) -> None:
     """A SQLite file must exist (opening one would create an empty ledger); a PostgreSQL
     address is checked by connecting."""
-    if not is_postgres(config.storage.database) and not Path(config.storage.database).exists():
+    if _database_is_absent(config):
         raise UsageError(
             f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
         )

@@ -203,6 +203,23 @@ def test_missing_database_gives_one_line_and_exit_2(
     assert not missing.parent.exists()  # the CLI did not create it
 
 
+@SQLITE_ONLY
+def test_check_creates_no_database_and_says_run_will(
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 16: a check creates no state; a missing database is no problem for `run`."""
+    missing = tmp_path / "data" / "bot.db"
+    monkeypatch.setenv("BOT_STORAGE__DATABASE", str(missing))
+    monkeypatch.setenv(
+        "DISCORD_TOKEN", "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbcde.abcdefghijklmnopqrstuvwxyz0123456789AB"
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    code, out, err = run(capsys, "check")
+    assert (code, err) == (0, ""), out + err
+    assert f"database: {missing} (does not exist yet; `python -m bot run` creates it)" in out
+    assert not missing.parent.exists()
+
+
 def test_an_unreachable_postgresql_gives_one_line_without_its_password(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -83,7 +83,8 @@ def test_dotenv_and_storage_are_read_beside_the_config_file(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"configuration: {home / 'config.toml'} (read)" in done.stdout
     assert "DISCORD_TOKEN: set" in done.stdout and "OPENAI_API_KEY: set" in done.stdout
-    assert (home / "state" / "bot.db").exists() and not (elsewhere / "state").exists()
+    assert f"database: {home / 'state' / 'bot.db'} (does not exist yet;" in done.stdout
+    assert not (home / "state").exists() and not (elsewhere / "state").exists()
 
 
 # ---- check --------------------------------------------------------------------------
