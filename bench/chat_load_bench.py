@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.report import Figure, cli, median, percentile
@@ -67,6 +67,7 @@ class Load:
     stall_p99_ms: float
     stall_worst_ms: float
     failed: int
+    info_lines_per_chat: float = 0.0  # lines the bot logged at INFO and above, per chat
 
 
 class _Fake:
@@ -199,7 +200,34 @@ def _one(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         _logging_to_file(folder)
         load = asyncio.run(_load(base_url, float(latency), int(concurrent), float(seconds), level))
+        lines = Path(folder, "bot.log").read_text(encoding="utf-8").splitlines()
+    paid = sum("paid call:" in line for line in lines)  # one a chat, warm-up included
+    load = replace(load, info_lines_per_chat=len(lines) / paid if paid else 0.0)
     print(json.dumps(asdict(load)), flush=True)
+
+
+def _line_cost_us(lines: int = 20_000) -> float:
+    """CPU microseconds of one INFO line through the bot's own logging into a file: the
+    paid-call line, the one a chat writes at INFO."""
+    with tempfile.TemporaryDirectory() as folder:
+        _logging_to_file(folder)
+        logging.getLogger().setLevel("INFO")
+        log = logging.getLogger("bot.core.metering")
+        began = time.process_time()
+        for n in range(lines):
+            log.info(
+                "paid call: %s user %s %s %s: %d tokens, %s, %d ms",
+                "user:1",
+                1,
+                "chat",
+                "gpt-5.4-mini",
+                100 + n,
+                "ok",
+                12.5,
+            )
+        took = time.process_time() - began
+        logging.getLogger().handlers[0].flush()
+    return took * 1e6 / lines
 
 
 def _before_tree(folder: str) -> Path | None:
@@ -293,12 +321,16 @@ def measure(
     return results
 
 
-def logging_cost(concurrent: int, seconds: float, repeats: int) -> float:
+def logging_cost(concurrent: int, seconds: float, repeats: int) -> tuple[float, float]:
     """Throughput logging at INFO over throughput at WARNING, at 0 ms: the median of
-    `repeats` ratios, each from an adjacent pair of runs (alternating which goes first)."""
+    `repeats` ratios, each from an adjacent pair of runs (alternating which goes first);
+    and, steadier on a shared machine, the share of a chat's CPU its INFO lines take
+    (lines per chat in the INFO runs' log, times one line's CPU measured alone)."""
     here = Path(__file__).resolve().parent.parent
+    line_us = _line_cost_us()
     fake = _Fake(0.0)
-    ratios = []
+    ratios: list[float] = []
+    shares: list[float] = []
     try:
         for repeat in range(repeats):
             levels = ["INFO", "WARNING"] if repeat % 2 == 0 else ["WARNING", "INFO"]
@@ -307,9 +339,12 @@ def logging_cost(concurrent: int, seconds: float, repeats: int) -> float:
                 for level in levels
             }
             ratios.append(got["INFO"].chats_per_second / got["WARNING"].chats_per_second)
+            shares.append(
+                got["INFO"].info_lines_per_chat * line_us / 1000 / got["INFO"].cpu_ms_per_chat
+            )
     finally:
         fake.stop()
-    return median(ratios)
+    return median(ratios), median(shares)
 
 
 def _figures(results: list[Compared], quick: bool) -> list[Figure]:
@@ -365,10 +400,10 @@ def run(quick: bool) -> list[Figure]:
         before = _before_tree(folder)
         if quick:
             results = measure([0.0], [concurrent], seconds=2.0, repeats=1, before=before)
-            info = logging_cost(concurrent, 2.0, 1)
+            info, share = logging_cost(concurrent, 2.0, 1)
         else:
             results = measure([0.0, 0.1], [200, 500], seconds=8.0, repeats=3, before=before)
-            info = logging_cost(concurrent, 8.0, 3)
+            info, share = logging_cost(concurrent, 8.0, 3)
     figures = _figures(results, quick)
     figures.append(
         Figure(
@@ -377,6 +412,15 @@ def run(quick: bool) -> list[Figure]:
             info,
             "x",
             ">= 0.97" if not quick else "",
+        )
+    )
+    figures.append(
+        Figure(
+            BENCH,
+            "INFO lines' CPU, share of a chat's CPU, 0 ms",
+            share * 100,
+            "%",
+            "<= 3" if not quick else "",
         )
     )
     return figures

@@ -23,6 +23,7 @@ from bot.config import Config, ConfigError, load
 from bot.logs import setup_logging
 from bot.runtime import StartupError, database_fault, open_ledger
 from ledger import InvalidAccount, Ledger, LedgerError, check_account_id
+from ledger.storage import is_postgres, shown
 from ledger.storage.faults import DatabaseFault
 
 EXIT_USAGE = 2
@@ -170,7 +171,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     state = "ok" if not violations else "VIOLATIONS"
     if found is None:
         state = "ok, never verified: run `python -m bot ledger verify`"
-    print(f"database: {config.storage.database} ({state})")
+    print(f"database: {shown(config.storage.database)} ({state})")
     for violation in violations:
         print(f"  {violation}")
     problems = _missing(config)
@@ -273,12 +274,20 @@ def _amount(text: str, config: Config) -> int:
     return amount
 
 
-def _ledger(config: Config, args: argparse.Namespace) -> int:
-    if not Path(config.storage.database).exists():
+def _require_database(config: Config) -> None:
+    """A SQLite file must exist (opening one would create an empty ledger); a PostgreSQL
+    address is checked by connecting."""
+    if not is_postgres(config.storage.database) and not Path(config.storage.database).exists():
         raise UsageError(
             f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
         )
+
+
+def _ledger(config: Config, args: argparse.Namespace) -> int:
+    _require_database(config)
     if args.action == "backup":
+        if is_postgres(config.storage.database):
+            raise UsageError("backup copies a SQLite file; back PostgreSQL up with pg_dump")
         return _backup(config, args.path)
     account = _account(args.account) if hasattr(args, "account") else None
     amount = _amount(args.amount, config) if hasattr(args, "amount") else None
@@ -416,10 +425,7 @@ async def _usage(ledger: Ledger, account: str, by: str, as_json: bool) -> None:
 
 
 def _billing(config: Config, args: argparse.Namespace) -> int:
-    if not Path(config.storage.database).exists():
-        raise UsageError(
-            f"no database at {config.storage.database} (storage.database / BOT_STORAGE__DATABASE)"
-        )
+    _require_database(config)
     account = _account(args.account) if getattr(args, "account", None) else None
     try:
         return asyncio.run(_billing_action(config, args, account))
@@ -502,14 +508,12 @@ PROGRESS_SECONDS = 0.2
 def _storage(config: Config, args: argparse.Namespace) -> int:
     """`storage copy --to URL`: every table of the configured SQLite database into an
     empty PostgreSQL database, then `verify` on both sides."""
-    from ledger.storage import is_postgres
-
     if not is_postgres(args.to):
         raise UsageError("--to must be a postgresql:// address")
     if is_postgres(config.storage.database):
         raise UsageError("storage.database is already PostgreSQL: copy from a SQLite file")
     if not Path(config.storage.database).exists():
-        raise UsageError(f"no database at {config.storage.database}")
+        raise UsageError(f"no database at {shown(config.storage.database)}")
     return asyncio.run(_copy(config, args.to))
 
 

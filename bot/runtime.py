@@ -12,6 +12,7 @@ import contextlib
 from bot.billing import store as billing_store
 from bot.config import Config
 from ledger import Clock, Ledger
+from ledger.storage import shown
 from ledger.storage.faults import DatabaseFault
 
 
@@ -41,7 +42,7 @@ async def _check_pages(ledger: Ledger, config: Config) -> None:
     verdict = " ".join(str(rows[0][0]).split()) if rows else "no answer"
     if verdict != "ok":
         raise StartupError(
-            f"database error: {config.storage.database} is damaged ({verdict}): restore "
+            f"database error: {shown(config.storage.database)} is damaged ({verdict}): restore "
             "a backup (docs/operations.md)"
         )
 
@@ -75,7 +76,7 @@ async def open_ledger(
     except DatabaseFault as error:
         raise database_fault(config, error) from None
     except OSError as error:  # the folder could not be created
-        raise StartupError(f"database error: {config.storage.database}: {error}") from None
+        raise StartupError(f"database error: {shown(config.storage.database)}: {error}") from None
     # quick_check is SQLite's; PostgreSQL checks its own pages.
     if check_pages and getattr(ledger.store, "dialect", "sqlite") == "sqlite":
         try:

@@ -146,7 +146,7 @@ class ChatCog(FeatureCog):
         settings = self.services.config.chat
         live = LiveAnswer(
             surface,
-            getattr(surface, "budget_channel", None) or getattr(channel, "id", 0),
+            getattr(surface, "budget_channel", 0) or getattr(channel, "id", 0),
             self.budget,
             interval=settings.edit_interval_seconds,
             clock=self.clock,

@@ -12,11 +12,16 @@ class LedgerError(Exception):
 class InsufficientTokens(LedgerError):
     """A reserve was refused: the account cannot cover `needed`."""
 
-    def __init__(self, needed: int, available: int, plan: str) -> None:
-        super().__init__(f"needs {needed} tokens, {available} available on the {plan} plan")
+    def __init__(
+        self, needed: int, available: int, plan: str, *, approximate: bool = False
+    ) -> None:
+        about = "about " if approximate else ""
+        super().__init__(f"needs {about}{needed} tokens, {available} available on the {plan} plan")
         self.needed = needed
         self.available = available
         self.plan = plan
+        # `needed` is an estimate (a document judged from a sample of its pages).
+        self.approximate = approximate
 
 
 class InvalidAccount(LedgerError):

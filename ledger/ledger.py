@@ -1164,10 +1164,15 @@ class Ledger:
     ) -> list[Violation]:
         """The invariants: incremental from the last clean run (recorded in the ledger),
         or the whole log with `full`. A clean run records itself for the next one."""
+        committed = await self.store.committed()
         started = time.monotonic()
         try:
             outcome = await verifier.run(
-                self.store.reader, full=full, progress=progress, dialect=self.store.dialect
+                self.store.reader,
+                committed,
+                full=full,
+                progress=progress,
+                dialect=self.store.dialect,
             )
         finally:
             await self._after_long_read(started)

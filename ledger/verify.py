@@ -10,6 +10,10 @@ since. `full=True` walks the whole log again and finds a breach anywhere, even o
 written into rows the checkpoint already summed (which only tampering can do: the table
 refuses updates and deletes).
 
+The walk's end is `Store.committed()`, read before it: on PostgreSQL ids are not
+handed out in commit order (a row with a lower id may commit after verify passed that
+id), so the largest id visible is no bound; the store's fence is (see postgres.py).
+
 Each piece runs in its own short read transaction, so a long verify never pins the
 WAL (a reader's snapshot keeps every page written after it alive):
 - the audit log in id ranges of PAGE rows, below the id read at the start (rows there
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 
 from ledger import members, totals
 from ledger.records import Violation
-from ledger.storage import Connection, Row
+from ledger.storage import Committed, Connection, Row
 
 PAGE = 50_000  # audit rows per read transaction
 ACCOUNT_PAGE = 500
@@ -103,16 +107,18 @@ async def _archived_through(conn: Connection) -> int:
 
 async def run(
     conn: Connection,
+    committed: Committed,
     *,
     full: bool,
     progress: Progress | None = None,
     dialect: str = "sqlite",
 ) -> Outcome:
-    """Check every invariant; `conn` is a reader in autocommit mode."""
+    """Check every invariant; `conn` is a reader in autocommit mode. `committed` bounds
+    the walk (Store.committed, read before this run): a row below it never appears later,
+    so what this run sums and records is never missing one."""
     base = None if full else await last_checkpoint(conn)
     start = base.through_usage_id if base else 0
-    rows = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM token_usage")
-    end = max(int(rows[0][0]), start)
+    end = max(committed.usage_id, start)
     sums = await _sum_log(conn, start, end, progress)
     touched: set[str] | None = None  # full: every account
     if base is not None:  # the accounts written since the last clean run
@@ -123,7 +129,9 @@ async def run(
         )
         touched = set(sums.bonus) | {r[0] for r in holders}
     found, accounts = await _accounts(conn, base, end, sums, touched, progress, dialect)
-    holds_from, hold_breaches = await _holds(conn, base.holds_from if base else 0, progress)
+    holds_from, hold_breaches = await _holds(
+        conn, base.holds_from if base else 0, committed.hold_rowid, progress
+    )
     found += hold_breaches
     found += await _lost_holds(conn, start, end)
     found += [Violation(a, m) for a, m in await members.verify_in(conn, touched)]
@@ -258,12 +266,11 @@ def _account_breaches(r: Row, charged: int, bonus: int) -> list[Violation]:
 
 
 async def _holds(
-    conn: Connection, start: int, progress: Progress | None
+    conn: Connection, start: int, top: int, progress: Progress | None
 ) -> tuple[int, list[Violation]]:
-    """Holds from rowid `start` on; returns where the next run must start: the first
-    hold seen pending (it may still change), or past the last one seen."""
+    """Holds from rowid `start` through `top`; returns where the next run must start:
+    the first hold seen pending (it may still change), or past the last one seen."""
     found: list[Violation] = []
-    top = (await conn.execute_fetchall("SELECT COALESCE(MAX(rowid), 0) FROM holds"))[0][0]
     low, first_pending = start - 1, None
     while low < top:
         high = min(top, low + HOLD_PAGE)

@@ -12,7 +12,14 @@ import zlib
 
 from pypdf import PdfReader, PdfWriter
 
-__all__ = ["encrypt_pdf", "make_labelled_pdf", "make_pdf", "make_scanned_pdf", "pdf_from_objects"]
+__all__ = [
+    "encrypt_pdf",
+    "make_labelled_pdf",
+    "make_pdf",
+    "make_scanned_pdf",
+    "pdf_from_objects",
+    "pdf_page",
+]
 
 
 def _escape(line: str) -> bytes:
@@ -122,3 +129,8 @@ def encrypt_pdf(data: bytes, user_password: str = "secret") -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def pdf_page(stream: bytes) -> bytes:
+    """A one-page PDF of this content stream, font /F1 (Helvetica, WinAnsi)."""
+    return _build([stream], with_image=False)

@@ -15,15 +15,18 @@ unmigrated schema, for tests that migrate it themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ledger.storage import open_store
 
 POSTGRES = os.environ.get("BOT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ["sqlite", "postgresql"]
@@ -228,3 +231,50 @@ async def copy_migrated_sqlite(path: Path, folder: Path) -> None:
         _sqlite_template = template
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_sqlite_template, path)
+
+
+async def query(
+    database: str | Path, sql: str, parameters: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """The rows of a read, through the store of either engine, as plain tuples."""
+    store = await open_store(database)
+    try:
+        return [tuple(r) for r in await store.reader.execute_fetchall(sql, parameters)]
+    finally:
+        await store.close()
+
+
+async def execute(database: str | Path, sql: str, parameters: Sequence[Any] = ()) -> None:
+    """One statement in a write transaction of the store: what a test does behind the
+    ledger's back (tampering, a process made to look as if it ran elsewhere)."""
+    store = await open_store(database)
+    try:
+        await store.write(lambda conn: conn.execute(sql, parameters))
+    finally:
+        await store.close()
+
+
+def query_now(
+    database: str | Path, sql: str, parameters: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """`query`, from a test that is not async."""
+    return asyncio.run(query(database, sql, parameters))
+
+
+def execute_now(database: str | Path, sql: str, parameters: Sequence[Any] = ()) -> None:
+    """`execute`, from a test that is not async."""
+    asyncio.run(execute(database, sql, parameters))
+
+
+@contextmanager
+def sync_database(store: str, path: Path) -> Iterator[str]:
+    """For a test that is not async: `path` for "sqlite", or a fresh PostgreSQL schema
+    for "postgresql" (dropped afterwards)."""
+    if store == "sqlite":
+        yield str(path)
+        return
+    schema = asyncio.run(create_schema())
+    try:
+        yield with_schema(schema)
+    finally:
+        asyncio.run(drop_schema(schema))

@@ -7,10 +7,9 @@ import csv
 import io
 import json
 import os
-import sqlite3
 import subprocess
 import sys
-from contextlib import closing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from bot.cli import main
 from ledger import Ledger
 from tests.children import bot_env
+from tests.stores import STORES, execute_now, sync_database
 
 BALANCE_KEYS = {
     "account_id",
@@ -38,22 +38,28 @@ SECRET_NAMES = {
 }
 
 
-@pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working folder without config.toml or .env, and a database the CLI points at."""
+@pytest.fixture(params=STORES)
+def db(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A working folder without config.toml or .env, and a database the CLI points at:
+    a SQLite file, then a PostgreSQL schema."""
     for name in list(os.environ):
         if name.upper().startswith("BOT_") or name.upper() in SECRET_NAMES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "ledger.db"
-    monkeypatch.setenv("BOT_STORAGE__DATABASE", str(path))
+    with sync_database(request.param, tmp_path / "ledger.db") as database:
+        monkeypatch.setenv("BOT_STORAGE__DATABASE", database)
+        asyncio.run(_create(database))
+        yield database
 
-    async def create() -> None:
-        ledger = await Ledger.open(path)
-        await ledger.close()
 
-    asyncio.run(create())
-    return path
+async def _create(database: str) -> None:
+    ledger = await Ledger.open(database)
+    await ledger.close()
+
+
+SQLITE_ONLY = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -62,7 +68,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def spend(db: Path, account: str, amount: int) -> None:
+def spend(db: str, account: str, amount: int) -> None:
     async def go() -> None:
         async with await Ledger.open(db) as ledger:
             hold = await ledger.reserve(account, amount, "chat", user_id=9, model="gpt-5.4-mini")
@@ -72,7 +78,7 @@ def spend(db: Path, account: str, amount: int) -> None:
 
 
 def test_balance_json_is_one_object_with_exactly_the_documented_keys(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spend(db, "guild:5", 1_234)
     code, out, err = run(capsys, "ledger", "balance", "guild:5", "--json")
@@ -90,7 +96,7 @@ def test_balance_json_is_one_object_with_exactly_the_documented_keys(
 
 
 def test_grant_revoke_plan_history_export_sweep_verify(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     account = "user:1"
     code, out, _ = run(capsys, "ledger", "grant", account, "5000", "--reason", "thanks")
@@ -137,16 +143,16 @@ def test_grant_revoke_plan_history_export_sweep_verify(
 
 
 def test_verify_exits_1_with_one_line_per_violation(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spend(db, "user:1", 100)
     spend(db, "user:2", 100)
     spend(db, "user:3", 100)
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute(
-            "UPDATE usage_limits SET tokens_used = tokens_used + 1"
-            " WHERE account_id IN ('user:1', 'user:3')"
-        )
+    execute_now(
+        db,
+        "UPDATE usage_limits SET tokens_used = tokens_used + 1"
+        " WHERE account_id IN ('user:1', 'user:3')",
+    )
 
     code, out, _ = run(capsys, "ledger", "verify")
 
@@ -171,7 +177,7 @@ def test_verify_exits_1_with_one_line_per_violation(
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(
-    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+    db: str, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2
@@ -182,8 +188,10 @@ def test_bad_arguments_give_one_line_and_exit_2(
     assert len(out.strip().splitlines()) == 1
 
 
+# Refused before any database is opened: the store makes no difference.
+@SQLITE_ONLY
 def test_missing_database_gives_one_line_and_exit_2(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     missing = tmp_path / "nowhere" / "bot.db"
     monkeypatch.setenv("BOT_STORAGE__DATABASE", str(missing))
@@ -195,8 +203,23 @@ def test_missing_database_gives_one_line_and_exit_2(
     assert not missing.parent.exists()  # the CLI did not create it
 
 
+def test_an_unreachable_postgresql_gives_one_line_without_its_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # Port 1: nothing listens there, so the connection is refused at once.
+    monkeypatch.setenv("BOT_STORAGE__DATABASE", "postgresql://bot:hunter2@127.0.0.1:1/bot")
+    for argv in (["ledger", "balance", "user:1"], ["check"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "postgresql://bot:***@127.0.0.1:1/bot" in err
+        assert "hunter2" not in out + err
+
+
+@SQLITE_ONLY
 def test_a_bad_configuration_gives_one_line_and_exit_2(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BOT_LIMITS__MAX_GRANT", "none")
     code, _, err = run(capsys, "ledger", "balance", "user:1")
@@ -205,7 +228,7 @@ def test_a_bad_configuration_gives_one_line_and_exit_2(
 
 
 def test_the_max_grant_setting_bounds_grants(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BOT_LIMITS__MAX_GRANT", "100")
     code, _, err = run(capsys, "ledger", "grant", "user:1", "101", "--reason", "x")

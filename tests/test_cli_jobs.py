@@ -4,26 +4,23 @@ only on a terminal, and `check` never walks the whole log."""
 from __future__ import annotations
 
 import io
-import sqlite3
-from contextlib import closing
-from pathlib import Path
 
 import pytest
 
 from bot.cli import Progress
+from tests.stores import execute_now, query_now
 from tests.test_check_online import TOKEN
 from tests.test_cli import db, run, spend
 
 __all__ = ["db"]  # the fixture, shared with tests/test_cli.py
 
 
-def _tamper(path: Path, statement: str) -> None:
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute(statement)
+def _tamper(db: str, statement: str) -> None:
+    execute_now(db, statement)
 
 
 def test_verify_and_full_verify_and_no_progress_off_a_terminal(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spend(db, "user:1", 100)
     assert run(capsys, "ledger", "verify") == (0, "ledger ok\n", "")
@@ -39,7 +36,7 @@ def test_verify_and_full_verify_and_no_progress_off_a_terminal(
 
 
 def test_check_verifies_only_what_changed_since_the_last_clean_run(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What `run` needs is present, so check's exit code speaks of the ledger alone.
     monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
@@ -47,8 +44,7 @@ def test_check_verifies_only_what_changed_since_the_last_clean_run(
     spend(db, "user:1", 100)
     code, out, _ = run(capsys, "check")
     assert code == 0 and "never verified" in out
-    with closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM verify_state").fetchone() == (0,)
+    assert query_now(db, "SELECT COUNT(*) FROM verify_state") == [(0,)]
 
     run(capsys, "ledger", "verify")
     spend(db, "user:2", 10)
@@ -77,7 +73,7 @@ def test_the_progress_line_is_drawn_on_a_terminal_and_cleared_at_the_end() -> No
     assert shown.endswith("\r\x1b[K")
 
 
-def test_compact_archives_and_reports(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compact_archives_and_reports(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     spend(db, "user:1", 100)
     code, out, err = run(capsys, "ledger", "compact")
     assert (code, err) == (0, "")

@@ -216,3 +216,16 @@ def test_binary_with_nul_bytes_is_still_refused() -> None:
     blob = bytes(range(256)) * 8  # NULs, but not in UTF-16's pattern
     with pytest.raises(InvalidInput, match="not a supported"):
         extract(blob, max_bytes=LIMIT, max_pages=PAGES)
+
+
+def test_pdf_accents_drawn_after_their_letter_are_put_on_it() -> None:
+    """TeX's typewriter fonts draw an accent after its letter (even after the word) and
+    move it back over it: the characters' boxes put it on the letter it is drawn over."""
+    from tests.pdfs import pdf_page
+
+    stream = (
+        b"BT /F1 11 Tf 50 800 Td [(opcio) 445 (\xb4)] TJ ( megadni) Tj ET\n"
+        b"BT /F1 11 Tf 50 780 Td [(fajl) 888 (\xb4) -555 (n\xe9v)] TJ ET"
+    )
+    (text,) = run(pdf_page(stream)).pages
+    assert text.split() == ["opció", "megadni", "fájlnév"]

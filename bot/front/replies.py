@@ -122,8 +122,10 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT - 10) -> list[str]:
 def insufficient_embed(what: str, error: InsufficientTokens, pro_tokens: int) -> discord.Embed:
     """The spec's message: what it needs, what is left, and the upgrade hint with the
     Pro allowance as configured (`plans.pro.monthly_tokens`)."""
+    about = "about " if error.approximate else ""
     text = (
-        f"{what} requires {error.needed:,} tokens. You have {error.available:,} tokens remaining."
+        f"{what} requires {about}{error.needed:,} tokens. "
+        f"You have {error.available:,} tokens remaining."
     )
     if error.plan != "pro":
         text += f" Upgrade to Pro for {short_tokens(pro_tokens)} tokens!"

@@ -4,9 +4,21 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from ledger.storage.protocol import Checkpointed, Compacted, Connection, Operation, Row, Store
+from ledger.storage.protocol import (
+    Checkpointed,
+    Committed,
+    Compacted,
+    Connection,
+    Operation,
+    Row,
+    Store,
+)
+
+_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.I)
 
 
 def lock_rows(conn: object) -> str:
@@ -28,6 +40,22 @@ def is_postgres(database: str | Path) -> bool:
     return str(database).startswith(("postgresql://", "postgres://"))
 
 
+def shown(database: str | Path) -> str:
+    """The database as it may be printed or logged: a PostgreSQL address without its
+    password (in the user part or a `password=` parameter)."""
+    text = str(database)
+    if not is_postgres(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = _PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 async def open_store(database: str | Path, *, secure_delete: bool = False) -> Store:
     """Open (and migrate the ledger's schema on) the configured database."""
     if is_postgres(database):
@@ -41,6 +69,7 @@ async def open_store(database: str | Path, *, secure_delete: bool = False) -> St
 
 __all__ = [
     "Checkpointed",
+    "Committed",
     "Compacted",
     "Connection",
     "Operation",
@@ -50,4 +79,5 @@ __all__ = [
     "lock_rows",
     "open_store",
     "serialize",
+    "shown",
 ]

@@ -32,7 +32,7 @@ import asyncpg
 from ledger.errors import StoreBusy
 from ledger.schema import MIGRATIONS
 from ledger.storage.migrate import LEDGER, postgres_migrate
-from ledger.storage.protocol import Checkpointed, Compacted, Operation
+from ledger.storage.protocol import Checkpointed, Committed, Compacted, Operation
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,16 @@ T = TypeVar("T")
 POOL_SIZE = 10
 RETRIES = 20
 LOCK_TIMEOUT_MS = 10_000
+# Identity values are handed out in no order of commit: a transaction that took audit id
+# 100 may commit after one that took 101, so "the largest id visible" is no watermark.
+# Every write transaction holds this advisory lock shared from its BEGIN (in the same
+# round trip); `committed()` takes it exclusively for an instant, when no write is in
+# flight, and reads the largest ids then: every lower id is final. Two-int form: its own
+# key space, apart from the bigint keys of `serialize` and of the migrations.
+_WRITES = "1818584167, 1"
+_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock_shared({_WRITES})"
+# Writes queue behind a waiting fence, so it waits less than a write would for a lock.
+FENCE_TIMEOUT_MS = LOCK_TIMEOUT_MS // 2
 _RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
 _BUSY = (
     asyncpg.exceptions.LockNotAvailableError,
@@ -266,6 +276,14 @@ async def _init(conn: Any) -> None:
     )
 
 
+async def _roll_back(raw: Any) -> None:
+    try:
+        if raw.is_in_transaction():
+            await raw.execute("ROLLBACK")
+    except Exception:  # a broken or busy connection: the pool's reset rolls it back
+        log.debug("rollback failed; the pool resets the connection", exc_info=True)
+
+
 class PostgresStore:
     dialect = "postgresql"
 
@@ -321,8 +339,14 @@ class PostgresStore:
             raise RuntimeError("the ledger is closed")
         for attempt in range(RETRIES + 1):
             try:
-                async with self.pool.acquire() as raw, raw.transaction():
-                    result = await op(PgConnection(raw))
+                async with self.pool.acquire() as raw:
+                    await raw.execute(_BEGIN)
+                    try:
+                        result = await op(PgConnection(raw))
+                        await raw.execute("COMMIT")
+                    except BaseException:
+                        await _roll_back(raw)
+                        raise
                 self.batches += 1
                 self.operations += 1
                 self.last_write = time.monotonic()
@@ -337,6 +361,21 @@ class PostgresStore:
             except _BUSY as error:
                 raise StoreBusy(str(error)) from error
         raise AssertionError("unreachable")
+
+    async def committed(self) -> Committed:
+        fence = f"SELECT pg_advisory_xact_lock({_WRITES})"
+        try:
+            async with self.pool.acquire() as raw, raw.transaction():
+                await raw.execute(f"SET LOCAL lock_timeout = {FENCE_TIMEOUT_MS}")
+                await raw.execute(fence)
+                # READ COMMITTED: this statement's snapshot is taken under the fence.
+                row = await raw.fetchrow(
+                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM token_usage),"
+                    " (SELECT COALESCE(MAX(rowid), 0) FROM holds)"
+                )
+        except _BUSY as error:
+            raise StoreBusy(str(error)) from error
+        return Committed(int(row[0]), int(row[1]))
 
     async def checkpoint(self, mode: str = "TRUNCATE") -> Checkpointed:
         # The server checkpoints its own log; nothing to empty from here.

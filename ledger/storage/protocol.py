@@ -68,6 +68,15 @@ class Compacted:
     freed_bytes: int
 
 
+@dataclass(frozen=True)
+class Committed:
+    """Ids at or below which every audit row and every hold that will ever exist is
+    already committed: what an incremental verify may sum and record as done."""
+
+    usage_id: int
+    hold_rowid: int
+
+
 class Store(Protocol):
     dialect: str  # "sqlite" | "postgresql"
     reader: Any  # a Connection for reads outside any write transaction
@@ -92,3 +101,5 @@ class Store(Protocol):
     async def archive_batch(self, cutoff: str) -> int | None: ...
 
     async def compact(self, step_pages: int) -> Compacted: ...
+
+    async def committed(self) -> Committed: ...

@@ -435,6 +435,34 @@ async def test_a_pack_is_granted_once_under_20_concurrent_replays(
     assert await billing_ledger.verify() == []
 
 
+async def test_two_sidecars_on_one_database_apply_each_event_once(
+    billing_ledger: Ledger, billing_clock: ManualClock, config: Config, database: str
+) -> None:
+    """Sidecars behind a load balancer: each has its own ledger (its own connections), and
+    a provider's retries reach either one, at the same moment."""
+    other = await open_billing_ledger(database, billing_clock)
+    try:
+        bodies = [
+            encode(
+                order(
+                    "order_created",
+                    order_id=str(80 + n % 3),
+                    variant_id=PACK_VARIANT,
+                    webhook_id=f"wh-{n}",
+                )
+            )
+            for n in range(12)  # 3 orders, each delivered 4 times
+        ]
+        outcomes = await asyncio.gather(
+            *(deliver((billing_ledger, other)[n % 2], config, b) for n, b in enumerate(bodies))
+        )
+        assert sorted(o.outcome for o in outcomes) == ["applied"] * 3 + ["duplicate"] * 9
+        assert (await other.balance(ACCOUNT)).bonus_tokens == 3 * PACK_TOKENS
+        assert await other.verify() == []
+    finally:
+        await other.close()
+
+
 async def test_a_pack_refund_takes_back_what_is_unspent(
     billing_ledger: Ledger, config: Config
 ) -> None:

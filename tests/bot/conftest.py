@@ -3,9 +3,7 @@ client against the fake server, the real cogs driven by the stand-in interaction
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from bot.core.ai import AIGateway
 from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner
 from bot.services import Services
-from ledger.storage import is_postgres
+from ledger.storage import Store, is_postgres
 from tests.bot.helpers import on_virtual_time
 from tests.stores import copy_migrated_sqlite
 
@@ -47,21 +45,18 @@ async def services(
     opened = await Services.open(app_config, ai=ai)
     try:
         yield opened
+        await assert_holds_covered(opened.ledger.store)
     finally:
         await opened.close()
-    assert_holds_covered(Path(app_config.storage.database))
 
 
-def assert_holds_covered(database: Path) -> None:
+async def assert_holds_covered(store: Store) -> None:
     """Every document and chat of the test was held at least what it cost: the fake counts
     usage with the real tokenizers, so an estimate that is too low fails here."""
-    if not database.exists():
-        return
-    with closing(sqlite3.connect(database)) as conn:
-        short = conn.execute(
-            "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
-            " AND operation_type IN ('chat', 'document_upload') AND charged > amount"
-        ).fetchall()
+    short = await store.reader.execute_fetchall(
+        "SELECT operation_type, amount, charged FROM holds WHERE status = 'committed'"
+        " AND operation_type IN ('chat', 'document_upload') AND charged > amount"
+    )
     assert short == [], f"holds below the real cost (operation, held, charged): {short}"
 
 

@@ -8,9 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bot.config import Config
+from bot.core.ai import AIGateway
 from bot.core.chat import trim_history
 from bot.core.documents.retrieval import normalise, top_indices
 from bot.core.repository import Turn
+from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner, StandInAttachment
 from bot.services import Services
 from tests.bot.conftest import GUILD
@@ -175,3 +178,35 @@ def test_top_indices_finds_the_closest() -> None:
     order, scores = top_indices(matrix, matrix[123] * 3, 5)
     assert order[0] == 123 and scores[0] == pytest.approx(1.0, abs=1e-5)
     assert list(scores) == sorted(scores, reverse=True)
+
+
+async def test_no_more_answers_are_worked_on_at_once_than_the_client_has_connections(
+    app_config: Config, fake_openai: Any
+) -> None:
+    """The rest wait their turn before anything is held: five chats on a client of two
+    connections hold tokens for two while the API keeps both busy."""
+    app_config.openai.max_connections = 2
+    app_config.chat.stream = False  # no edit interval to wait out
+    services = await Services.open(app_config, ai=AIGateway(app_config.openai, "k", strict=True))
+    try:
+        bot = AgentBot(app_config, services)
+        await bot.load_cogs()
+        dm = CommandRunner(bot, user_id=9)
+        await dm.run('/agent create name:Nova prompt:"An astronomer"')
+        held = fake_openai.gate("chat")
+        chats = []
+        for n in range(5):
+            runner = CommandRunner(bot, user_id=9)
+            runner.channel_id = 100 + n
+            chats.append(asyncio.ensure_future(runner.run(f'/chat agent:Nova message:"q{n}"')))
+        await fake_openai.received("chat", 2)
+        rows = await services.ledger.store.reader.execute_fetchall(
+            "SELECT COUNT(*) FROM holds WHERE status = 'pending'"
+        )
+        assert rows[0][0] == 2 and fake_openai.count("chat") == 2
+        held.set()
+        answers = await asyncio.gather(*chats)
+        assert all("fake agent" in text(sent) for sent in answers)
+        assert fake_openai.count("chat") == 5
+    finally:
+        await services.close()

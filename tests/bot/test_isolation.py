@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from bot.config import Config
 from bot.core.ai import AIGateway
@@ -25,6 +26,14 @@ GUILD_A, GUILD_B = 1000, 2000
 OWNER_B = 20
 SECRET = "The launch code of server A is swordfish and nobody else may read it."
 PUBLIC = "Server B keeps notes about gardening, tomatoes and compost heaps."
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py): two processes
+    on PostgreSQL must invalidate each other's caches as they do on one SQLite file."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 def _actor(guild: int, user: int) -> Actor:
@@ -87,6 +96,8 @@ async def test_ids_are_never_reused_after_the_newest_row_is_deleted(services: Se
     await services.agents.delete(actor, "Nova")
     second = await services.agents.create(actor, "Nova", "An astronomer")
     assert second.id > first.id
+    if services.repo.store.dialect != "sqlite":
+        return  # PostgreSQL's identity columns never hand an id out twice
     for table in ("agents", "documents", "chunks", "conversations"):
         rows = await services.repo.store.reader.execute_fetchall(
             "SELECT sql FROM sqlite_master WHERE name = ?", (table,)

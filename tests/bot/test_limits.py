@@ -3,10 +3,7 @@ paid commands need. Refusals name the cap or the rule, and charge nothing."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +22,10 @@ Make = Callable[..., CommandRunner]
 
 
 @pytest.fixture
-def db_path_of(app_config: Config) -> Path:
-    return Path(app_config.storage.database)
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 @pytest.fixture
@@ -114,29 +113,26 @@ async def test_a_role_cap_reaches_the_reserve_through_the_members_roles(
     assert await _charged(services) == 5_000
 
 
-async def test_only_managers_change_limits(
-    member: CommandRunner, services: Services, db_path_of: Path
-) -> None:
+async def test_only_managers_change_limits(member: CommandRunner, services: Services) -> None:
     sent = await member.run("/limits default amount:10")
     assert "Only members with Manage Server" in text(sent)
     assert await services.ledger.caps(ACCOUNT) == []
-    with closing(sqlite3.connect(db_path_of)) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM journal WHERE action LIKE 'cap%'").fetchone() == (
-            0,
-        )
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT COUNT(*) FROM journal WHERE action LIKE 'cap%'"
+    )
+    assert rows[0][0] == 0
 
 
 async def test_every_cap_change_is_journaled_with_its_actor(
-    manager: CommandRunner, db_path_of: Path
+    manager: CommandRunner, services: Services
 ) -> None:
     await manager.run(f"/limits member member:<@{MEMBER}> amount:500 reason:noisy")
     await manager.run(f"/limits clear member:<@{MEMBER}>")
-    with closing(sqlite3.connect(db_path_of)) as conn:
-        rows = conn.execute(
-            "SELECT action, old_value, new_value, actor, reason FROM journal"
-            " WHERE action LIKE 'cap%' ORDER BY id"
-        ).fetchall()
-    assert rows == [
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT action, old_value, new_value, actor, reason FROM journal"
+        " WHERE action LIKE 'cap%' ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
         (f"cap_member:{MEMBER}", None, "500", f"user:{MANAGER}", "noisy"),
         (f"cap_member:{MEMBER}", "500", None, f"user:{MANAGER}", "/limits clear"),
     ]

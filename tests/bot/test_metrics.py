@@ -3,11 +3,10 @@ after a scripted session its counters equal the ledger's figures."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -27,6 +26,13 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+@pytest.fixture
+def app_config(app_config: Config, database: str) -> Config:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    storage = app_config.storage.model_copy(update={"database": database})
+    return app_config.model_copy(update={"storage": storage})
 
 
 async def test_metrics_equal_the_ledger_after_a_session(
@@ -60,13 +66,13 @@ async def test_metrics_equal_the_ledger_after_a_session(
     for operation, tokens in usage.items():
         key = ("bot_tokens_charged_total", (("operation", operation), ("plan", "free")))
         assert found[key] == tokens, operation
-    with closing(sqlite3.connect(app_config.storage.database)) as conn:
-        committed = dict(
-            conn.execute(
-                "SELECT operation_type, COUNT(*) FROM holds WHERE status = 'committed' GROUP BY 1"
-            ).fetchall()
-        )
-        events = conn.execute("SELECT outcome, COUNT(*) FROM webhook_events GROUP BY 1").fetchall()
+    rows = await services.ledger.store.reader.execute_fetchall(
+        "SELECT operation_type, COUNT(*) FROM holds WHERE status = 'committed' GROUP BY 1"
+    )
+    committed = {r[0]: r[1] for r in rows}
+    events = await services.ledger.store.reader.execute_fetchall(
+        "SELECT outcome, COUNT(*) FROM webhook_events GROUP BY 1"
+    )
     assert sum(n for _, n in events) == 2
     for outcome, count in events:
         assert found[("bot_webhook_events_total", (("outcome", outcome),))] == count, outcome

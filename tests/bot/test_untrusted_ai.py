@@ -85,6 +85,36 @@ async def test_chat_usage_must_be_present_whole_and_not_negative(
         await gateway.close()
 
 
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        [1, 2],  # not an object
+        {"choices": "many"},
+        {"choices": [{"index": 0}]},  # no delta
+        {"choices": [{"index": 0, "delta": "text"}]},
+        {"choices": [{"index": 0, "delta": {"content": 5}}]},
+        {"choices": [], "usage": "lots"},
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_streamed_chunk_of_the_wrong_shape_fails_the_call(
+    fake_openai: Any, chunk: Any, strict: bool
+) -> None:
+    """Chunks are read from the JSON as sent, not built into the SDK's models
+    (bot/core/ai.py `_read_chunk`): a shape the API never sends is an unusable answer,
+    never a TypeError escaping into the cog."""
+    settings = OpenAISettings(base_url=fake_openai.base_url, timeout_seconds=5, max_retries=0)
+    gateway = AIGateway(settings, "k", strict=strict)
+    try:
+        fake_openai.odd_chunk = chunk
+        with pytest.raises(AIUnavailable):
+            await gateway.chat_stream([{"role": "user", "content": "hi"}], _ignore)
+        fake_openai.odd_chunk = None
+        assert (await gateway.chat_stream([{"role": "user", "content": "hi"}], _ignore)).text
+    finally:
+        await gateway.close()
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 async def test_embedding_usage_must_be_present_whole_and_not_negative(
     fake_openai: Any, value: Any

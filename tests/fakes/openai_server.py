@@ -117,6 +117,8 @@ class FakeOpenAI:
         self._release = asyncio.Event()
         self.chunk_delay = 0.0  # seconds between two chunks of a streamed answer
         self.omit_stream_usage = False  # act as a server that ignores stream_options
+        # Sent as is in place of the first content chunk (a hostile server's JSON).
+        self.odd_chunk: Any = None
         self._stream_faults: deque[tuple[str, int]] = deque()
         # Set whenever a streamed chunk is written: tests wait on it, never on time.
         self.chunk_written = asyncio.Event()
@@ -328,7 +330,10 @@ class FakeOpenAI:
                 # Always yield: a real server's chunks come over time, and writing a whole
                 # answer in one step would stall the loop this fake shares with the bot.
                 await asyncio.sleep(self.chunk_delay)
-                await event(delta({"content": piece}))
+                if self.odd_chunk is not None and record.chunks_sent == 0:
+                    await response.write(f"data: {json.dumps(self.odd_chunk)}\n\n".encode())
+                else:
+                    await event(delta({"content": piece}))
                 record.chunks_sent += 1
                 record.streamed += piece
                 self.chunk_written.set()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 from ledger import Ledger, ManualClock
+from tests.stores import query
 
 ACCOUNT = "guild:7"
 
@@ -16,13 +15,13 @@ def at(year: int, month: int, day: int, hour: int = 12) -> datetime:
     return datetime(year, month, day, hour, tzinfo=UTC)
 
 
-def _resets(db_path: Path) -> list[tuple[str, str]]:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        return conn.execute(
-            "SELECT old_value, new_value FROM journal WHERE account_id = ?"
-            " AND action = 'period_reset' ORDER BY id",
-            (ACCOUNT,),
-        ).fetchall()
+async def _resets(database: str) -> list[tuple[Any, ...]]:
+    return await query(
+        database,
+        "SELECT old_value, new_value FROM journal WHERE account_id = ?"
+        " AND action = 'period_reset' ORDER BY id",
+        (ACCOUNT,),
+    )
 
 
 async def _spend(ledger: Ledger, amount: int) -> None:
@@ -30,9 +29,9 @@ async def _spend(ledger: Ledger, amount: int) -> None:
     await ledger.commit(hold, amount)
 
 
-async def test_the_31st_steps_to_feb_29_then_mar_31(db_path: Path, clock: ManualClock) -> None:
+async def test_the_31st_steps_to_feb_29_then_mar_31(database: str, clock: ManualClock) -> None:
     clock.set(at(2028, 1, 31))
-    async with await Ledger.open(db_path, clock=clock) as ledger:
+    async with await Ledger.open(database, clock=clock) as ledger:
         await _spend(ledger, 1_000)
         balance = await ledger.balance(ACCOUNT)
         assert (balance.period_start, balance.period_end) == (at(2028, 1, 31), at(2028, 2, 29))
@@ -40,7 +39,7 @@ async def test_the_31st_steps_to_feb_29_then_mar_31(db_path: Path, clock: Manual
         clock.set(at(2028, 2, 29) - timedelta(microseconds=1))
         await _spend(ledger, 1_000)  # still January's period
         assert (await ledger.balance(ACCOUNT)).tokens_used == 2_000
-        assert _resets(db_path) == []
+        assert await _resets(database) == []
 
         clock.set(at(2028, 2, 29))  # the boundary itself belongs to the new period
         await _spend(ledger, 3_000)
@@ -53,15 +52,15 @@ async def test_the_31st_steps_to_feb_29_then_mar_31(db_path: Path, clock: Manual
         balance = await ledger.balance(ACCOUNT)
         assert (balance.period_start, balance.period_end) == (at(2028, 3, 31), at(2028, 4, 30))
         assert balance.tokens_used == 500
-        assert len(_resets(db_path)) == 2
+        assert len(await _resets(database)) == 2
         assert await ledger.verify() == []
 
 
 async def test_a_gap_of_months_lands_in_the_right_period_with_one_reset(
-    db_path: Path, clock: ManualClock
+    database: str, clock: ManualClock
 ) -> None:
     clock.set(at(2027, 1, 31))
-    async with await Ledger.open(db_path, clock=clock) as ledger:
+    async with await Ledger.open(database, clock=clock) as ledger:
         await _spend(ledger, 40_000)
 
         clock.set(at(2027, 9, 15))
@@ -69,21 +68,21 @@ async def test_a_gap_of_months_lands_in_the_right_period_with_one_reset(
         shown = await ledger.balance(ACCOUNT)
         assert (shown.period_start, shown.period_end) == (at(2027, 8, 31), at(2027, 9, 30))
         assert shown.tokens_used == 0
-        assert _resets(db_path) == []
+        assert await _resets(database) == []
 
         await _spend(ledger, 1_000)
         balance = await ledger.balance(ACCOUNT)
         assert (balance.period_start, balance.period_end) == (at(2027, 8, 31), at(2027, 9, 30))
         assert balance.tokens_used == 1_000
-        resets = _resets(db_path)
+        resets = await _resets(database)
         assert len(resets) == 1
         assert resets[0][1].startswith("2027-09-30T12:00:00")
         assert await ledger.verify() == []
 
 
-async def test_exactly_one_reset_per_boundary(db_path: Path, clock: ManualClock) -> None:
+async def test_exactly_one_reset_per_boundary(database: str, clock: ManualClock) -> None:
     clock.set(at(2026, 5, 10))
-    async with await Ledger.open(db_path, clock=clock) as ledger:
+    async with await Ledger.open(database, clock=clock) as ledger:
         await _spend(ledger, 10_000)
         for month in (6, 7, 8):
             clock.set(at(2026, month, 10, 12) + timedelta(hours=1))
@@ -95,15 +94,15 @@ async def test_exactly_one_reset_per_boundary(db_path: Path, clock: ManualClock)
             balance = await ledger.balance(ACCOUNT)
             assert balance.tokens_used == 3_000
             assert balance.period_start == at(2026, month, 10)
-        assert len(_resets(db_path)) == 3
+        assert len(await _resets(database)) == 3
         assert await ledger.verify() == []
 
 
 async def test_bonus_and_held_tokens_are_kept_across_a_rollover(
-    db_path: Path, clock: ManualClock
+    database: str, clock: ManualClock
 ) -> None:
     clock.set(at(2026, 3, 1))
-    async with await Ledger.open(db_path, clock=clock, hold_ttl_seconds=10**7) as ledger:
+    async with await Ledger.open(database, clock=clock, hold_ttl_seconds=10**7) as ledger:
         await ledger.grant(ACCOUNT, 30_000, "cli:op", "welcome")
         await _spend(ledger, 260_000)  # allowance gone, 10,000 of the bonus spent
         pending = await ledger.reserve(ACCOUNT, 15_000, "chat")
@@ -126,15 +125,15 @@ async def test_bonus_and_held_tokens_are_kept_across_a_rollover(
         assert result.first
         final = await ledger.balance(ACCOUNT)
         assert (final.tokens_used, final.bonus_tokens, final.tokens_held) == (12_000, 20_001, 0)
-        assert len(_resets(db_path)) == 1
+        assert len(await _resets(database)) == 1
         assert await ledger.verify() == []
 
 
 async def test_plan_change_with_period_end_follows_the_billing_cycle(
-    db_path: Path, clock: ManualClock
+    database: str, clock: ManualClock
 ) -> None:
     clock.set(at(2026, 1, 20))
-    async with await Ledger.open(db_path, clock=clock) as ledger:
+    async with await Ledger.open(database, clock=clock) as ledger:
         await _spend(ledger, 100_000)
         renews = at(2026, 2, 5, 8)
         balance = await ledger.set_plan(ACCOUNT, "pro", renews, actor="billing", reason="paid")

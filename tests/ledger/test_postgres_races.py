@@ -4,6 +4,7 @@ must still never overspend, lose an update, or leave verify anything to find."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from ledger import InsufficientTokens, Ledger, ManualClock
+from ledger.errors import StoreBusy
+from ledger.storage import Connection, postgres
 from tests.children import bot_env
 from tests.stores import fresh_schema
 
@@ -59,6 +62,29 @@ HOLDER = textwrap.dedent(
 )
 
 
+# A `run` process up to its commands sync: its sharded client, its ledger, the leader
+# question that decides whether it syncs (bot/front/app.py, setup_hook).
+SHARD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from bot.config import Config, DiscordSettings
+    from bot.front.app import make_bot
+    from ledger import Ledger
+
+    async def main(dsn, shard):
+        bot = make_bot(Config(discord=DiscordSettings(shard_count=2, shard_ids=[shard])))
+        async with await Ledger.open(dsn) as ledger:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            leads = await ledger.lead("commands")
+            print(json.dumps({"shards": bot.shard_ids, "syncs": leads}), flush=True)
+            sys.stdin.readline()  # keep the lease until the test has both answers
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
 @pytest.fixture
 async def dsn() -> AsyncIterator[str]:
     async with fresh_schema() as address:
@@ -68,6 +94,7 @@ async def dsn() -> AsyncIterator[str]:
 def _child(script: str, *args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -167,3 +194,95 @@ async def test_a_killed_process_holds_are_freed_by_another_after_its_lease(dsn: 
         balance = await ledger.balance(ACCOUNT)
         assert (balance.tokens_held, balance.tokens_used) == (0, 0)
         assert await ledger.verify(full=True) == []
+
+
+async def test_incremental_verify_never_passes_a_lower_id_that_commits_late(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids are not handed out in commit order: a write that took the lower audit id can
+    commit after one that took a higher id. A verify that summed through the higher id
+    and recorded it would never count the late row (and report its account forever)."""
+    monkeypatch.setattr(postgres, "FENCE_TIMEOUT_MS", 50)
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.grant(ACCOUNT, 10, "cli:op", "before")
+        assert await ledger.verify() == []
+        took_id, finish = asyncio.Event(), asyncio.Event()
+
+        async def slow(conn: Connection) -> None:
+            await ledger.grant_in(conn, ACCOUNT, 1_000, "cli:op", "slow")
+            took_id.set()
+            await finish.wait()
+
+        slow_write = asyncio.create_task(ledger.store.write(slow))
+        try:
+            await took_id.wait()
+            await ledger.grant("guild:10", 7, "cli:op", "quick")  # a higher id, committed first
+            with pytest.raises(StoreBusy):  # the fence waits for the open write, not past it
+                await ledger.verify()
+        finally:
+            finish.set()
+            await slow_write
+
+        assert await ledger.verify() == []
+        assert await ledger.verify() == []  # from the checkpoint the run above recorded
+        assert (await ledger.balance(ACCOUNT)).bonus_tokens == 1_010
+
+
+async def test_incremental_verifies_stay_clean_while_writers_run(dsn: str) -> None:
+    clock = ManualClock()
+    ledgers = [await Ledger.open(dsn, clock=clock) for _ in range(2)]
+    try:
+        await ledgers[0].verify()
+        running = True
+        rng = random.Random(7)
+
+        async def write(ledger: Ledger, account: str) -> None:
+            for _ in range(12):
+                await ledger.grant(account, 100, "cli:op", "race")
+                hold = await ledger.reserve(account, 50, "chat", user_id=1)
+                await ledger.commit(hold, rng.randint(0, 60))
+
+        async def verify() -> list[str]:
+            found = []
+            while running:
+                found += [str(v) for v in await ledgers[1].verify()]
+            return found
+
+        checking = asyncio.create_task(verify())
+        await asyncio.gather(*(write(ledgers[n % 2], f"guild:{n}") for n in range(4)))
+        running = False
+        assert await checking == []
+        assert await ledgers[0].verify() == []
+        assert await ledgers[0].verify(full=True) == []
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+
+
+async def test_two_shard_processes_share_one_database_and_one_of_them_syncs(dsn: str) -> None:
+    async with await Ledger.open(dsn) as ledger:
+        await ledger.balance(ACCOUNT)  # the schema, before the processes start
+    shards = [_child(SHARD, dsn, shard) for shard in (0, 1)]
+    try:
+        for proc in shards:
+            assert proc.stdout is not None and proc.stdin is not None
+            ready = await asyncio.to_thread(proc.stdout.readline)
+            assert ready == "ready\n", proc.communicate()[1]
+        answers = []
+        for proc in shards:  # both asked at once, both still running
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in shards:
+            assert proc.stdout is not None
+            answers.append(json.loads(await asyncio.to_thread(proc.stdout.readline)))
+        assert [a["shards"] for a in answers] == [[0], [1]]
+        assert sorted(a["syncs"] for a in answers) == [False, True]  # exactly one syncs
+        for proc in shards:
+            _, err = await asyncio.to_thread(proc.communicate, "\n", 60)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in shards:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()

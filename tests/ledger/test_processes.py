@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 
 from ledger import Ledger, ManualClock
 from tests.children import bot_env
+from tests.stores import execute, query
 
 ACCOUNT = "guild:1"
 
@@ -93,30 +92,30 @@ HOLDER = textwrap.dedent(
 )
 
 
-def _env(db_path: Path | str) -> dict[str, str]:
-    return bot_env(BOT_STORAGE__DATABASE=str(db_path))
+def _env(database: str) -> dict[str, str]:
+    return bot_env(BOT_STORAGE__DATABASE=database)
 
 
 class Children:
     """Child processes of one test; every one still running at the end is killed. Their
     database is a SQLite file, or a PostgreSQL address."""
 
-    def __init__(self, tmp_path: Path, db_path: Path | str) -> None:
+    def __init__(self, tmp_path: Path, database: str) -> None:
         self.tmp_path = tmp_path
-        self.db_path = db_path
+        self.database = database
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, script: str, *args: object) -> subprocess.Popen[str]:
         path = self.tmp_path / f"child{len(self.procs)}.py"
         path.write_text(script)
         proc = subprocess.Popen(
-            [sys.executable, str(path), str(self.db_path), *map(str, args)],
+            [sys.executable, str(path), self.database, *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=self.tmp_path,
-            env=_env(self.db_path),
+            env=_env(self.database),
         )
         self.procs.append(proc)
         return proc
@@ -164,24 +163,22 @@ class Children:
 
 
 @pytest.fixture
-def children(tmp_path: Path, db_path: Path) -> Iterator[Children]:
-    kids = Children(tmp_path, db_path)
+def children(tmp_path: Path, database: str) -> Iterator[Children]:
+    """On each store in turn (the `database` fixture of tests/conftest.py)."""
+    kids = Children(tmp_path, database)
     try:
         yield kids
     finally:
         kids.close()
 
 
-def _status(db_path: Path, hold_id: str) -> str:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        (status,) = conn.execute(
-            "SELECT status FROM holds WHERE hold_id = ?", (hold_id,)
-        ).fetchone()
+async def _status(database: str, hold_id: str) -> str:
+    ((status,),) = await query(database, "SELECT status FROM holds WHERE hold_id = ?", (hold_id,))
     return str(status)
 
 
-async def test_two_processes_never_overspend(children: Children, db_path: Path) -> None:
-    async with await Ledger.open(db_path) as ledger:
+async def test_two_processes_never_overspend(children: Children, database: str) -> None:
+    async with await Ledger.open(database) as ledger:
         await ledger.record(ACCOUNT, "avatar_upload")  # create the account and the schema
 
     # 2 x 200 reserves of 1,000, committing 500..1,000 each: far more than 250,000.
@@ -191,7 +188,7 @@ async def test_two_processes_never_overspend(children: Children, db_path: Path) 
     committed = sum(r["committed"] for r in reports)
     assert all(r["charges"] > 0 for r in reports)
     assert sum(r["refused"] for r in reports) > 0  # the allowance did run out
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         balance = await ledger.balance(ACCOUNT)
         assert balance.tokens_used == committed
         assert committed <= 250_000
@@ -200,29 +197,29 @@ async def test_two_processes_never_overspend(children: Children, db_path: Path) 
 
 
 async def test_a_killed_process_holds_are_released_after_its_lease_lapses(
-    children: Children, db_path: Path
+    children: Children, database: str
 ) -> None:
     dead, dead_hold = children.hold(5_000, lease=60)
     live, live_hold = children.hold(7_000, lease=3_600)
 
     # While both run, another instance's sweep (on the wall clock) touches neither.
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         report = await ledger.sweep()
         assert (report.expired, report.orphaned, report.tokens_freed) == (0, 0, 0)
         assert (await ledger.balance(ACCOUNT)).tokens_held == 12_000
         assert await ledger.verify() == []
 
     children.kill(dead)
-    assert _status(db_path, dead_hold) == "pending"
+    assert await _status(database, dead_hold) == "pending"
     # As if it had run on another machine: its pid tells us nothing, only the lease does.
-    _move_to_another_host(db_path, dead.pid)
-    async with await Ledger.open(db_path) as ledger:
+    await _move_to_another_host(database, dead.pid)
+    async with await Ledger.open(database) as ledger:
         report = await ledger.sweep()
         assert (report.orphaned, report.tokens_freed) == (0, 0)
 
     # Past the dead one's 60 s lease, well within the live one's hour.
     later = ManualClock(datetime.now(UTC) + timedelta(seconds=600))
-    async with await Ledger.open(db_path, clock=later) as ledger:
+    async with await Ledger.open(database, clock=later) as ledger:
         report = await ledger.sweep()
         assert (report.expired, report.orphaned, report.tokens_freed) == (0, 1, 5_000)
         again = await ledger.sweep()
@@ -230,8 +227,8 @@ async def test_a_killed_process_holds_are_released_after_its_lease_lapses(
         balance = await ledger.balance(ACCOUNT)
         assert (balance.tokens_held, balance.tokens_used) == (7_000, 0)
         assert await ledger.verify() == []
-    assert _status(db_path, dead_hold) == "expired"
-    assert _status(db_path, live_hold) == "pending"
+    assert await _status(database, dead_hold) == "expired"
+    assert await _status(database, live_hold) == "pending"
     assert live.poll() is None
 
     # The live one can still settle its own hold.
@@ -240,34 +237,33 @@ async def test_a_killed_process_holds_are_released_after_its_lease_lapses(
     live.stdin.flush()
     _, err = live.communicate(timeout=30)
     assert live.returncode == 0, err
-    assert _status(db_path, live_hold) == "expired"  # closed cleanly: its holds expired
+    assert await _status(database, live_hold) == "expired"  # closed cleanly: its holds expired
 
 
 async def test_a_dead_process_on_this_host_is_swept_without_waiting_for_its_lease(
-    children: Children, db_path: Path
+    children: Children, database: str
 ) -> None:
     dead, dead_hold = children.hold(5_000, lease=3_600)
     live, live_hold = children.hold(7_000, lease=3_600)
     children.kill(dead)
 
     # Both leases run for an hour, yet the dead pid frees its hold at once.
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         report = await ledger.sweep()
         assert (report.orphaned, report.tokens_freed) == (1, 5_000)
         assert (await ledger.balance(ACCOUNT)).tokens_held == 7_000
         assert await ledger.verify() == []
-    assert _status(db_path, dead_hold) == "expired"
-    assert _status(db_path, live_hold) == "pending"
+    assert await _status(database, dead_hold) == "expired"
+    assert await _status(database, live_hold) == "pending"
     assert live.poll() is None
 
 
-def _move_to_another_host(db_path: Path, pid: int) -> None:
-    with closing(sqlite3.connect(db_path)) as conn, conn:
-        conn.execute("UPDATE instances SET hostname = 'elsewhere' WHERE pid = ?", (pid,))
+async def _move_to_another_host(database: str, pid: int) -> None:
+    await execute(database, "UPDATE instances SET hostname = 'elsewhere' WHERE pid = ?", (pid,))
 
 
 async def test_ledger_sweep_command_releases_only_a_dead_process_holds(
-    children: Children, db_path: Path, tmp_path: Path
+    children: Children, database: str, tmp_path: Path
 ) -> None:
     # The dead one's clock ran an hour late: its 60 s lease lapsed long before now.
     dead, dead_hold = children.hold(5_000, lease=60, behind=3_600)
@@ -280,15 +276,15 @@ async def test_ledger_sweep_command_releases_only_a_dead_process_holds(
             capture_output=True,
             text=True,
             cwd=tmp_path,
-            env=_env(db_path),
+            env=_env(database),
             timeout=60,
         )
 
     swept = cli("sweep")
     assert swept.returncode == 0, swept.stderr
     assert "released 1 holds of stopped processes and 0 expired holds (5000 tokens)" in swept.stdout
-    assert _status(db_path, dead_hold) == "expired"
-    assert _status(db_path, live_hold) == "pending"
+    assert await _status(database, dead_hold) == "expired"
+    assert await _status(database, live_hold) == "pending"
     assert live.poll() is None
 
     verified = cli("verify")

@@ -40,11 +40,9 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +69,7 @@ from tests.billing.payloads import (
 )
 from tests.children import bot_env
 from tests.fakes.openai_server import FakeOpenAI, Recorded
+from tests.stores import execute, query
 from tests.stress.crash_child import USER_BASE
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -110,6 +109,13 @@ TAG = re.compile(r"op#(\d+)#")
 ROUND_TIMEOUT = 60
 
 
+# PostgreSQL doubles the suite's longest cases: there they are long variants (the SIGKILL
+# case of tests/ledger/test_postgres_races.py runs every time).
+ON_BOTH = pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
+)
+
+
 def crash_seed() -> int:
     given = os.environ.get("CRASH_SEED")
     seed = int(given) if given else random.SystemRandom().randrange(2**32)
@@ -117,8 +123,8 @@ def crash_seed() -> int:
     return seed
 
 
-def child_env(db_path: Path, data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    return bot_env(BOT_STORAGE__DATABASE=str(db_path), BOT_STORAGE__DATA_DIR=str(data_dir), **extra)
+def child_env(database: str, data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    return bot_env(BOT_STORAGE__DATABASE=database, BOT_STORAGE__DATA_DIR=str(data_dir), **extra)
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -402,9 +408,9 @@ async def run_round(
     return killer, report
 
 
-def make_config(tmp_path: Path, fake: FakeOpenAI) -> Config:
+def make_config(tmp_path: Path, database: str, fake: FakeOpenAI) -> Config:
     return Config(
-        storage=StorageSettings(database=str(tmp_path / "bot.db"), data_dir=str(tmp_path / "data")),
+        storage=StorageSettings(database=database, data_dir=str(tmp_path / "data")),
         openai=OpenAISettings(base_url=fake.base_url, max_retries=0),
     )
 
@@ -581,13 +587,13 @@ async def prepare(config: Config) -> None:
 
 
 async def crash_rounds(
-    rounds: int, tmp_path: Path, fake: FakeOpenAI, children: Children
+    rounds: int, tmp_path: Path, database: str, fake: FakeOpenAI, children: Children
 ) -> Figures:
     seed = crash_seed()
-    config = make_config(tmp_path, fake)
+    config = make_config(tmp_path, database, fake)
     await prepare(config)
     env = child_env(
-        Path(config.storage.database),
+        database,
         Path(config.storage.data_dir),
         {
             "BOT_OPENAI__BASE_URL": fake.base_url,
@@ -625,14 +631,15 @@ async def crash_rounds(
         assert not report.errors, f"{where}: an error reached a member: {report.errors}"
 
         pending = "SELECT COUNT(*) FROM holds WHERE status = 'pending'"
-        with closing(sqlite3.connect(config.storage.database)) as conn, conn:
-            left = conn.execute(pending).fetchone()[0]
-            figures.pending_at_kill += left
-            if plan.same_pid:
-                # The restarted bot (this process) has the pid the dead one had.
-                conn.execute("UPDATE instances SET pid = ? WHERE pid = ?", (os.getpid(), proc.pid))
-                figures.same_pid += 1
-                figures.same_pid_pending += left
+        ((left,),) = await query(database, pending)
+        figures.pending_at_kill += left
+        if plan.same_pid:
+            # The restarted bot (this process) has the pid the dead one had.
+            await execute(
+                database, "UPDATE instances SET pid = ? WHERE pid = ?", (os.getpid(), proc.pid)
+            )
+            figures.same_pid += 1
+            figures.same_pid_pending += left
         released = "SELECT COUNT(*) FROM holds WHERE reason = 'its process stopped'"
         services = await Services.open(config)  # as the bot starts: sweeps dead processes
         try:
@@ -646,12 +653,13 @@ async def crash_rounds(
     return figures
 
 
+@ON_BOTH
 async def test_metered_work_survives_sigkill(
-    tmp_path: Path, fake_openai: FakeOpenAI, children: Children
+    tmp_path: Path, database: str, fake_openai: FakeOpenAI, children: Children
 ) -> None:
     # Six rounds: one block of plan_rounds, so each kill point once (an in-flight kill, on
     # the dead child's pid, among them); the long variant runs eight blocks.
-    figures = await crash_rounds(len(MODES), tmp_path, fake_openai, children)
+    figures = await crash_rounds(len(MODES), tmp_path, database, fake_openai, children)
     assert figures.rounds == len(MODES)
     assert set(figures.modes) == set(MODES)  # every planned kill point was reached
     # Regression: a bot restarted with its dead predecessor's pid (PID 1 of a container
@@ -661,9 +669,9 @@ async def test_metered_work_survives_sigkill(
 
 @pytest.mark.slow
 async def test_metered_work_survives_sigkill_long(
-    tmp_path: Path, fake_openai: FakeOpenAI, children: Children
+    tmp_path: Path, database: str, fake_openai: FakeOpenAI, children: Children
 ) -> None:
-    figures = await crash_rounds(48, tmp_path, fake_openai, children)
+    figures = await crash_rounds(48, tmp_path, database, fake_openai, children)
     assert figures.rounds == 48
 
 
@@ -779,12 +787,13 @@ async def deliver_until_killed(
     return answered
 
 
-async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Counter[str]:
+async def webhook_rounds(
+    rounds: int, tmp_path: Path, database: str, children: Children
+) -> Counter[str]:
     seed = crash_seed()
     rng = random.Random(seed)
-    db_path = tmp_path / "bot.db"
     env = child_env(
-        db_path,
+        database,
         tmp_path / "data",
         {
             "BOT_WEBHOOKS__PORT": "0",
@@ -803,7 +812,7 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
         victim, url = await start_sidecar(children, env)
         for number in range(rounds):
             sequences = round_events(number, renews_at)
-            async with await Ledger.open(db_path) as ledger:
+            async with await Ledger.open(database) as ledger:
                 for events in sequences:  # usage before the payment: a fresh period shows
                     hold = await ledger.reserve(events[0].account, 1234, "chat")
                     await ledger.commit(hold, 1234)
@@ -843,7 +852,7 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
             figures[
                 "killed after the first requests" if order[number % 3] else "killed mid-burst"
             ] += 1
-            await check_webhooks(db_path, sent, renews, f"seed {seed} round {number}")
+            await check_webhooks(database, sent, renews, f"seed {seed} round {number}")
 
         victim.send_signal(signal.SIGTERM)
         assert await victim.wait() == 0
@@ -851,9 +860,9 @@ async def webhook_rounds(rounds: int, tmp_path: Path, children: Children) -> Cou
     return figures
 
 
-async def check_webhooks(db_path: Path, sent: list[Event], renews: datetime, where: str) -> None:
+async def check_webhooks(database: str, sent: list[Event], renews: datetime, where: str) -> None:
     """Each event recorded once and applied once; each account Pro with one fresh period."""
-    async with await Ledger.open(db_path) as ledger:
+    async with await Ledger.open(database) as ledger:
         await ledger.sweep()
         assert await ledger.verify() == [], where
         reader = ledger.store.reader
@@ -892,12 +901,16 @@ async def check_webhooks(db_path: Path, sent: list[Event], renews: datetime, whe
             assert packs[0][0] == 1, (where, account)
 
 
-async def test_webhook_sidecar_killed_mid_event(tmp_path: Path, children: Children) -> None:
-    figures = await webhook_rounds(4, tmp_path, children)
+async def test_webhook_sidecar_killed_mid_event(
+    tmp_path: Path, database: str, children: Children
+) -> None:
+    figures = await webhook_rounds(4, tmp_path, database, children)
     assert figures["rounds"] == 4
 
 
 @pytest.mark.slow
-async def test_webhook_sidecar_killed_mid_event_long(tmp_path: Path, children: Children) -> None:
-    figures = await webhook_rounds(20, tmp_path, children)
+async def test_webhook_sidecar_killed_mid_event_long(
+    tmp_path: Path, database: str, children: Children
+) -> None:
+    figures = await webhook_rounds(20, tmp_path, database, children)
     assert figures["rounds"] == 20

@@ -27,11 +27,9 @@ import math
 import os
 import re
 import signal
-import sqlite3
 import sys
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ledger.storage import open_store
 from tests.billing.payloads import PRO_VARIANTS, SECRET, STORE_ID, encode, sign, subscription
 from tests.children import bot_env
 
@@ -122,9 +121,9 @@ class Processes:
             await proc.wait()
 
 
-def _environment(tmp_path: Path, base_url: str) -> dict[str, str]:
+def _environment(tmp_path: Path, database: str, base_url: str) -> dict[str, str]:
     return bot_env(
-        BOT_STORAGE__DATABASE=str(tmp_path / "bot.db"),
+        BOT_STORAGE__DATABASE=database,
         BOT_STORAGE__DATA_DIR=str(tmp_path / "data"),
         BOT_OPENAI__BASE_URL=base_url,
         BOT_WEBHOOKS__PORT="0",  # any free port: the sidecar prints the one it got
@@ -240,15 +239,15 @@ async def _operators(processes: Processes, port: int, case: Case) -> list[str]:
     return problems
 
 
-async def _run(tmp_path: Path, fake: Any, case: Case) -> None:
+async def _run(tmp_path: Path, database: str, fake: Any, case: Case) -> None:
     fake.chat_answer = ANSWER
     fake.latency = LATENCY
     _write_config(tmp_path, case)
-    processes = Processes(tmp_path, _environment(tmp_path, fake.base_url))
+    processes = Processes(tmp_path, _environment(tmp_path, database, fake.base_url))
     began = time.monotonic()
     try:
-        # Every process starts at once on a database that does not exist yet: they race
-        # to create and migrate it too.
+        # Every process starts at once on a database that does not exist yet (an empty
+        # schema on PostgreSQL): they race to create and migrate it too.
         sidecar = await processes.start("sidecar", "-m", "bot", "webhooks")
         workers = [
             await processes.start(
@@ -315,7 +314,7 @@ async def _run(tmp_path: Path, fake: Any, case: Case) -> None:
                 at = text.find(forbidden)
                 assert at < 0, f"{forbidden!r} in {name}: {text[max(0, at - 1500) : at + 1500]}"
 
-        totals = _check_database(tmp_path / "bot.db", fake, case, reports)
+        totals = await _check_database(database, fake, case, reports)
     finally:
         await processes.close()
     outcomes: Counter[str] = Counter()
@@ -330,7 +329,9 @@ async def _run(tmp_path: Path, fake: Any, case: Case) -> None:
     )
 
 
-def _check_database(db: Path, fake: Any, case: Case, reports: list[dict[str, Any]]) -> str:
+async def _check_database(
+    database: str, fake: Any, case: Case, reports: list[dict[str, Any]]
+) -> str:
     ok = {tag for r in reports for tag in r["tags"]["ok"]}
     refused = {tag for r in reports for tag in r["tags"]["insufficient"]}
     # Each request the fake received, by the tag its interaction carried.
@@ -349,32 +350,36 @@ def _check_database(db: Path, fake: Any, case: Case, reports: list[dict[str, Any
     assert not refused & set(requested)  # a refused one made no request
     assert refused, "the account could pay for everything: nothing was refused"
 
-    with closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
+    store = await open_store(database)  # read through the store, on either engine
+    try:
+        read = store.reader.execute_fetchall
+        rows = await read(
             "SELECT operation_type, tokens_used, bonus_delta, status, created_at"
             " FROM token_usage WHERE account_id = ?",
             (ACCOUNT,),
-        ).fetchall()
-        balance = conn.execute(
-            "SELECT * FROM usage_limits WHERE account_id = ?", (ACCOUNT,)
-        ).fetchone()
-        pending = conn.execute("SELECT COUNT(*) FROM holds WHERE status = 'pending'").fetchone()[0]
-        holds = dict(conn.execute("SELECT status, COUNT(*) FROM holds GROUP BY status").fetchall())
-        events = conn.execute(
-            "SELECT body_sha256, outcome, received_at FROM webhook_events ORDER BY id"
-        ).fetchall()
-        plans = dict(
-            conn.execute(
-                "SELECT account_id, plan_type FROM usage_limits WHERE account_id LIKE 'guild:9%'"
-            ).fetchall()
         )
+        (balance,) = await read("SELECT * FROM usage_limits WHERE account_id = ?", (ACCOUNT,))
+        ((pending,),) = await read("SELECT COUNT(*) FROM holds WHERE status = 'pending'")
+        holds = {
+            r[0]: r[1] for r in await read("SELECT status, COUNT(*) FROM holds GROUP BY status")
+        }
+        events = await read(
+            "SELECT body_sha256, outcome, received_at FROM webhook_events ORDER BY id"
+        )
+        plans = {
+            r[0]: r[1]
+            for r in await read(
+                "SELECT account_id, plan_type FROM usage_limits WHERE account_id LIKE 'guild:9%'"
+            )
+        }
         plan_changes = Counter(
             r[0]
-            for r in conn.execute(
+            for r in await read(
                 "SELECT account_id FROM journal WHERE action = 'plan' AND account_id LIKE 'guild:9%'"
             )
         )
+    finally:
+        await store.close()
 
     charges = [r for r in rows if r["status"] == "charged"]
     chat = sorted(r["tokens_used"] for r in charges if r["operation_type"] == "chat")
@@ -421,7 +426,14 @@ def _check_database(db: Path, fake: Any, case: Case, reports: list[dict[str, Any
     )
 
 
-async def test_bots_sidecar_and_cli_share_one_database(tmp_path: Path, fake_openai: Any) -> None:
+# 20 s more on PostgreSQL: there it is a long variant (tests/ledger/test_postgres_races.py
+# and the process tests of tests/ledger run several processes on PostgreSQL every time).
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
+)
+async def test_bots_sidecar_and_cli_share_one_database(
+    tmp_path: Path, database: str, fake_openai: Any
+) -> None:
     # Two workers ask for about 2 x (8 x 5,000 + 40 x 330) = 106,000 tokens; the account
     # has 50,000, 10,000 granted before and 9 x 2,000 granted while they work.
     case = Case(
@@ -435,12 +447,12 @@ async def test_bots_sidecar_and_cli_share_one_database(tmp_path: Path, fake_open
         subscriptions=8,
         allowance=50_000,
     )
-    await _run(tmp_path, fake_openai, case)
+    await _run(tmp_path, database, fake_openai, case)
 
 
 @pytest.mark.slow
 async def test_bots_sidecar_and_cli_share_one_database_longer(
-    tmp_path: Path, fake_openai: Any
+    tmp_path: Path, database: str, fake_openai: Any
 ) -> None:
     # Three workers ask for about 3 x (60 x 5,000 + 400 x 330) = 1,300,000 tokens; the
     # account has 900,000, 50,000 granted before and 60 x 3,000 granted while they work.
@@ -455,4 +467,4 @@ async def test_bots_sidecar_and_cli_share_one_database_longer(
         subscriptions=60,
         allowance=900_000,
     )
-    await _run(tmp_path, fake_openai, case)
+    await _run(tmp_path, database, fake_openai, case)

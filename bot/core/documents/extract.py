@@ -20,9 +20,14 @@ __all__ = ["ACCEPTED", "MAX_PDF_TEXT_CHARS", "Extracted", "Kind", "Progress", "e
 MAX_PDF_TEXT_CHARS = 10_000_000
 
 
-def limits(max_bytes: int, max_pages: int) -> Limits:
+def limits(
+    max_bytes: int,
+    max_pages: int,
+    token_budget: int | None = None,
+    token_model: str = "text-embedding-3-small",
+) -> Limits:
     """The limits of one document (read at call time, so a test may lower the text's)."""
-    return Limits(max_bytes, max_pages, MAX_PDF_TEXT_CHARS)
+    return Limits(max_bytes, max_pages, MAX_PDF_TEXT_CHARS, token_budget, token_model)
 
 
 def check_size(data: bytes, max_bytes: int) -> None:

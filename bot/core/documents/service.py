@@ -1,11 +1,13 @@
 """Documents: upload (extract, chunk, embed, store), list and remove.
 
 Promises: the type is decided by the content; every refusal happens before any API call
-and charges nothing; the estimate is held before the first embedding request; the charge
-is the embedding API's own reported tokens; the document and its chunks are stored in
-the same transaction as the charge, so a failure at any step leaves no document, no
-chunk and no charge. Extraction runs in a worker process of a bounded pool, with a
-deadline and a memory limit, at most `extraction_per_account` at once for one account.
+and charges nothing; a document clearly beyond the balance is refused from a sample of
+its pages, before all of them are read, with its estimate ("about N tokens"); the
+estimate is held before the first embedding request; the charge is the embedding API's
+own reported tokens; the document and its chunks are stored in the same transaction as
+the charge, so a failure at any step leaves no document, no chunk and no charge.
+Extraction runs in a worker process of a bounded pool, with a deadline and a memory
+limit, at most `extraction_per_account` at once for one account.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from bot.core.documents import extract
 from bot.core.documents.boilerplate import is_boilerplate
 from bot.core.documents.chunking import Chunk, chunk
 from bot.core.documents.readers import Extracted
+from bot.core.documents.readers.budget import BeyondBudget
 from bot.core.documents.retrieval import Retriever, to_blob
 from bot.core.documents.workers import ExtractionPool, WorkerLimits
 from bot.core.metering import Actor, Meter
 from bot.core.repository import Agent, Document, Repository
 from bot.errors import InvalidInput, NotFound
+from ledger import InsufficientTokens
 from ledger.storage import Connection
 
 log = logging.getLogger(__name__)
@@ -134,14 +138,31 @@ class DocumentService:
                 _fire(loop, report(f"Extracting text: page {index + 1} of {count}…"))
 
         extract.check_size(data, limits.max_document_bytes)
-        extracted: Extracted = await self.extraction.extract(
-            actor.account_id,
-            data,
-            filename,
-            extract.limits(limits.max_document_bytes, limits.max_document_pages),
-            page_done,
-        )
         model = self.config.openai.embedding_model
+        # What the balance covers, in the embedding model's own tokens: a document
+        # clearly beyond it is refused from a sample before all of it is read.
+        balance = await self.meter.ledger.balance(actor.account_id)
+        budget = math.floor(balance.available / self.meter.costs.weight(model) / ESTIMATE_MARGIN)
+        try:
+            extracted: Extracted = await self.extraction.extract(
+                actor.account_id,
+                data,
+                filename,
+                extract.limits(limits.max_document_bytes, limits.max_document_pages, budget, model),
+                page_done,
+            )
+        except BeyondBudget as beyond:
+            needed = self.meter.weighted(model, math.ceil(beyond.estimate * ESTIMATE_MARGIN))
+            log.info(
+                "document refused early on %s: about %d tokens, %d available",
+                actor.account_id,
+                needed,
+                balance.available,
+            )
+            self.meter.refused(actor.account_id)
+            raise InsufficientTokens(
+                needed, balance.available, balance.plan_type, approximate=True
+            ) from None
         chunks = await asyncio.to_thread(
             chunk, extracted.pages, model=model, separate_pages=extracted.kind != "pdf"
         )
@@ -194,16 +215,23 @@ class DocumentService:
                 )
             )
 
-        metered = await self.meter.run(
-            actor,
-            "document_upload",
-            self.estimate(chunks),
-            model,
-            call,
-            cost=lambda result: self.meter.weighted(model, result[1]),
-            store=store,
-            agent=agent.name,
-        )
+        try:
+            metered = await self.meter.run(
+                actor,
+                "document_upload",
+                self.estimate(chunks),
+                model,
+                call,
+                cost=lambda result: self.meter.weighted(model, result[1]),
+                store=store,
+                agent=agent.name,
+            )
+        except InsufficientTokens as short:
+            # The hold is the chunks' count plus a 2% margin; the bill is the API's own
+            # count: the refusal says "about".
+            raise InsufficientTokens(
+                short.needed, short.available, short.plan, approximate=True
+            ) from None
         await self.retriever.forget(agent.id)
         documents = {d.id: d for d in await self.repo.documents(agent.id)}
         return UploadResult(

@@ -16,7 +16,8 @@ Promises:
 
 Protocol: the parent writes one JSON line (file name and limits) then the file's bytes
 to the child's stdin; the child writes JSON lines: {"progress": [i, n]}..., then
-{"ok": Extracted} or {"refused": sentence}.
+{"ok": Extracted}, {"refused": sentence} or {"beyond": estimated tokens} (clearly more
+than the balance covers: raised in the parent as BeyondBudget).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from bot.core.documents.readers import Extracted, Limits, read
+from bot.core.documents.readers.budget import BeyondBudget
 from bot.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,8 @@ class ExtractionPool:
                     progress(*message["progress"])
             elif "refused" in message:
                 raise InvalidInput(message["refused"])
+            elif "beyond" in message:
+                raise BeyondBudget(int(message["beyond"]))
             else:
                 return Extracted(**message["ok"])
 
@@ -155,6 +159,9 @@ def _child(memory_bytes: int, cpu_seconds: int) -> None:
         extracted = read(data, header["filename"], limits, lambda i, n: send({"progress": [i, n]}))
     except InvalidInput as refusal:
         send({"refused": str(refusal)})
+        return
+    except BeyondBudget as beyond:
+        send({"beyond": beyond.estimate})
         return
     except MemoryError:
         send({"refused": TOO_COMPLEX})

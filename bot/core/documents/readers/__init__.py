@@ -7,6 +7,8 @@ Promises:
   name says so, plain text otherwise).
 - A file whose name claims a format its content is not (`report.pdf` that is HTML) is
   refused with a sentence that says both; nothing is read further.
+- A document clearly beyond `Limits.token_budget` raises `budget.BeyondBudget` (readers/
+  budget.py), a PDF before all its pages are read.
 - Every reader returns `Extracted`: sections of text, each with the label a citation
   shows (a PDF's page label, or the nearest heading of a text, Markdown, HTML or DOCX
   file), and raises `InvalidInput` with a sentence a member understands.
@@ -62,6 +64,11 @@ class Limits:
     max_bytes: int
     max_pages: int
     max_characters: int
+    # The embedding tokens the account's balance covers (None: none to keep), and the
+    # model they are counted for: a document clearly beyond it is refused from a
+    # sample, before all of it is read (readers/budget.py).
+    token_budget: int | None = None
+    token_model: str = "text-embedding-3-small"
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def mislabelled(claimed: Kind, found: Kind) -> str:
 
 def read(data: bytes, filename: str | None, limits: Limits, progress: Progress | None) -> Extracted:
     """Sniff the format, check the name agrees, and read the text with its reader."""
-    from bot.core.documents.readers import docx, epub, html, pdf, text
+    from bot.core.documents.readers import budget, docx, epub, html, pdf, text
 
     if not data:
         raise InvalidInput(f"That file is empty. Please upload {ACCEPTED}.")
@@ -152,6 +159,8 @@ def read(data: bytes, filename: str | None, limits: Limits, progress: Progress |
         result = reader(data, limits, progress)
     if not any(page.strip() for page in result.pages):
         raise InvalidInput("That file has no text in it.")
+    if found != "pdf":  # a PDF is judged from sampled pages as it is read
+        budget.check_text("\n".join(result.pages), limits)
     if progress is not None and found != "pdf":
         progress(0, 1)
     return result

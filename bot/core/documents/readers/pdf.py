@@ -7,14 +7,18 @@ faster than pdftotext, which pypdf does 5-15 times slower.
 
 Promises:
 - Text is NFC with accents composed (Ghostscript's "spacing accent, then letter" pairs
-  become the accented letter), ligatures and other presentation forms expanded ("ﬁ" ->
-  "fi"), soft line-end hyphens rejoined, control characters removed.
+  become the accented letter; an accent drawn after its letter, as in TeX's typewriter
+  fonts, is put on the letter it is drawn over, by the characters' boxes), ligatures
+  and other presentation forms expanded ("ﬁ" -> "fi"), soft line-end hyphens rejoined,
+  control characters removed.
 - Paragraphs: a line clearly shorter than the page's lines that ends a sentence ends
   its paragraph (a blank line follows), so chunks can follow the document's paragraphs.
 - Running headers and footers (a first or last line repeated, numbers aside, on many
   pages) are removed.
 - Each page's label is the PDF's own page label when it defines labels ("iv", "T-1"),
   else its physical number.
+- A PDF clearly beyond the balance (`Limits.token_budget`) is refused from pages
+  sampled across it before the others are read (readers/budget.py).
 - Refused with a sentence: damaged, password-protected (an empty user password opens),
   no pages, too many pages, no text on any page (scanned), more text than the limit.
 - Work is bounded here by page count and characters; time and memory are bounded by
@@ -24,13 +28,14 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import unicodedata
 
 import pypdfium2 as pdfium
 
-from bot.core.documents.readers import Extracted, Limits, Progress
+from bot.core.documents.readers import Extracted, Limits, Progress, budget
 from bot.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -120,23 +125,26 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             f"That PDF has {count:,} pages; documents can have at most {limits.max_pages:,} "
             "pages. Please split it into smaller files."
         )
+    read_early: dict[int, tuple[str, int]] = {}
+    if limits.token_budget is not None and count > budget.SAMPLE_PAGES:
+        # Judged by pages spread over it before the rest is read; they are kept.
+        for index in budget.pages_to_sample(count):
+            with contextlib.suppress(pdfium.PdfiumError):  # the main loop tells of it
+                read_early[index] = _page_text(document, index, limits.max_characters, limits)
+        if read_early:
+            sample = "\n".join(normalize(raw) for raw, _ in read_early.values())
+            budget.check(sample, count / len(read_early), limits)
     pages: list[str] = []
     labels: list[str] = []
     characters = failed = 0  # every character PDFium parsed, shown on the page or not
     for index in range(count):
         try:
-            page = document[index]
-            try:
-                textpage = page.get_textpage()
-                try:
-                    characters += textpage.count_chars()
-                    if characters > limits.max_characters:
-                        raise InvalidInput(too_much(limits))
-                    raw = textpage.get_text_bounded()  # what the page shows, as pdftotext
-                finally:
-                    textpage.close()
-            finally:
-                page.close()
+            room = limits.max_characters - characters
+            early = read_early.pop(index, None)
+            raw, chars = early if early is not None else _page_text(document, index, room, limits)
+            characters += chars
+            if characters > limits.max_characters:
+                raise InvalidInput(too_much(limits))
         except pdfium.PdfiumError as error:
             # One broken page should not lose the other 299: it counts as empty.
             log.info("PDF page %d unreadable: %s", index + 1, error)
@@ -156,6 +164,91 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             "upload a PDF with selectable text, or a .txt file."
         )
     return Extracted("pdf", pages, count, labels)
+
+
+def _page_text(
+    document: pdfium.PdfDocument, index: int, room: int, limits: Limits
+) -> tuple[str, int]:
+    """What page `index` shows (as pdftotext reads it), and every character PDFium
+    parsed on it, shown or not: refused, before its text is built, past `room` of them."""
+    page = document[index]
+    try:
+        textpage = page.get_textpage()
+        try:
+            characters = textpage.count_chars()
+            if characters > room:
+                raise InvalidInput(too_much(limits))
+            text = textpage.get_text_bounded()
+            if _DISPLACED.search(text):
+                text = _accents_placed(textpage, text) or text
+            return text, characters
+        finally:
+            textpage.close()
+    finally:
+        page.close()
+
+
+# A spacing accent not followed by a letter: drawn after it, as TeX does in a
+# typewriter font ("f´ajln´ev" in prose, "fajln ´ ev´" in code). The grave is left out:
+# a backtick in code is not an accent.
+_DISPLACED = re.compile(r"[\u00b4\u02dd\u00a8\u02c6\u02dc\u02c7\u02d8\u02da\u02d9\u00af](?!\w)")
+_WINDOW = 16  # characters either side where an accent's letter is looked for
+_TOUCHING = 1.5  # points between two glyphs of one word (a word's space is about 3)
+
+
+def _soft(text: str) -> str:
+    return text.replace("\ufffe", "\x02")  # the two marks PDFium gives a soft hyphen
+
+
+def _accents_placed(textpage: pdfium.PdfTextPage, bounded: str) -> str | None:
+    """The page's text with each displaced spacing accent put on the letter it is drawn
+    over (by the characters' boxes, as pdftotext places them), and the spaces PDFium made
+    up around it removed; None when that text is not the bounded one's (characters off
+    the page) or nothing moved."""
+    count = textpage.count_chars()
+    full = textpage.get_text_range(0, count)
+    if len(full) != count or _soft(full) != _soft(bounded):
+        return None
+    boxes = [textpage.get_charbox(i) for i in range(count)]
+    marks: dict[int, list[str]] = {}
+    dropped: set[int] = set()
+    for at, char in enumerate(full):
+        if char not in _ACCENTS or char == "`":
+            continue
+        left, bottom, right, _ = boxes[at]
+        if right <= left:
+            continue
+        centre = (left + right) / 2
+        letter = None
+        for j in range(max(0, at - _WINDOW), min(count, at + _WINDOW)):
+            if j == at or not full[j].isalpha():
+                continue
+            l2, b2, r2, t2 = boxes[j]
+            # Over the letter: across its width, above its foot, near its top.
+            if l2 - 0.5 <= centre <= r2 + 0.5 and b2 < bottom and bottom - t2 < 4:
+                if letter is None or abs(j - at) < abs(letter - at):
+                    letter = j
+        if letter is None or letter == at + 1:
+            continue  # not over a letter, or before it: normalize() composes that
+        marks.setdefault(letter, []).append(_ACCENTS[char])
+        dropped.add(at)
+        # PDFium makes up spaces (boxes of no width) around an accent drawn out of
+        # order; they go when the characters either side of them touch (one word),
+        # and one stays when they are a word's space apart.
+        before, after = at - 1, at + 1
+        while before >= 0 and full[before] == " " and boxes[before][2] <= boxes[before][0]:
+            before -= 1
+        while after < count and full[after] == " " and boxes[after][2] <= boxes[after][0]:
+            after += 1
+        made_up = [*range(before + 1, at), *range(at + 1, after)]
+        if 0 <= before and after < count and made_up:
+            touching = 0 <= boxes[after][0] - boxes[before][2] < _TOUCHING
+            dropped.update(made_up if touching else made_up[1:])
+    if not marks:
+        return None
+    return "".join(
+        char + "".join(marks.get(i, ())) for i, char in enumerate(full) if i not in dropped
+    )
 
 
 _DIGITS = re.compile(r"\d+")
