@@ -31,6 +31,7 @@ import asyncpg
 
 from ledger.errors import StoreBusy
 from ledger.schema import MIGRATIONS
+from ledger.storage.fetched import FetchedCursor, PendingCursor
 from ledger.storage.migrate import LEDGER, postgres_migrate
 from ledger.storage.protocol import Checkpointed, Committed, Compacted, Operation
 
@@ -155,39 +156,6 @@ def _statement(sql: str) -> _Statement:
     return found
 
 
-class PgCursor:
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
-        self._rows = rows
-        self._next = 0
-        self.rowcount = rowcount
-
-    async def fetchone(self) -> Any:
-        if self._next >= len(self._rows):
-            return None
-        self._next += 1
-        return self._rows[self._next - 1]
-
-    async def fetchall(self) -> list[Any]:
-        rows, self._next = self._rows[self._next :], len(self._rows)
-        return rows
-
-
-class _Pending:
-    """What `execute` returns: await it, or `async with` it, for its cursor."""
-
-    def __init__(self, conn: PgConnection, sql: str, parameters: Any) -> None:
-        self._run = conn._execute(sql, parameters)
-
-    def __await__(self) -> Any:
-        return self._run.__await__()
-
-    async def __aenter__(self) -> PgCursor:
-        return await self._run
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
 class PgConnection:
     """The Connection protocol over one asyncpg connection (or the pool, for reads)."""
 
@@ -196,18 +164,18 @@ class PgConnection:
     def __init__(self, conn: Any) -> None:
         self.raw = conn
 
-    def execute(self, sql: str, parameters: Any = ()) -> _Pending:
-        return _Pending(self, sql, parameters)
+    def execute(self, sql: str, parameters: Any = ()) -> PendingCursor:
+        return PendingCursor(self._execute(sql, parameters))
 
-    async def _execute(self, sql: str, parameters: Any) -> PgCursor:
+    async def _execute(self, sql: str, parameters: Any) -> FetchedCursor:
         statement = _statement(sql)
         text, args = statement.render(statement.args(parameters))
         if statement.returns_rows:
             rows = await self.raw.fetch(text, *args)
-            return PgCursor(rows, len(rows))
+            return FetchedCursor(rows, len(rows))
         status = await self.raw.execute(text, *args)
         tail = status.rsplit(" ", 1)[-1] if status else ""
-        return PgCursor([], int(tail) if tail.isdigit() else -1)
+        return FetchedCursor([], int(tail) if tail.isdigit() else -1)
 
     async def execute_fetchall(self, sql: str, parameters: Any = ()) -> list[Any]:
         statement = _statement(sql)
@@ -241,14 +209,14 @@ class PgReader(PgConnection):
         task = asyncio.current_task()
         return self._pinned.get(task, self.raw) if task is not None else self.raw
 
-    async def _execute(self, sql: str, parameters: Any) -> PgCursor:
+    async def _execute(self, sql: str, parameters: Any) -> FetchedCursor:
         word = sql.strip().upper()
         task = asyncio.current_task()
         if word in {"BEGIN", "BEGIN DEFERRED"} and task is not None:
             conn = await self.raw.acquire()
             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             self._pinned[task] = conn
-            return PgCursor([], -1)
+            return FetchedCursor([], -1)
         if word in {"COMMIT", "ROLLBACK"} and task is not None:
             conn = self._pinned.pop(task, None)
             if conn is not None:
@@ -256,7 +224,7 @@ class PgReader(PgConnection):
                     await conn.execute(word)
                 finally:
                     await self.raw.release(conn)
-            return PgCursor([], -1)
+            return FetchedCursor([], -1)
         return await PgConnection(self._conn())._execute(sql, parameters)
 
     async def execute_fetchall(self, sql: str, parameters: Any = ()) -> list[Any]:

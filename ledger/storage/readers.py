@@ -19,56 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from ledger.storage.fetched import FetchedCursor, PendingCursor
 
 T = TypeVar("T")
 
 POOL_SIZE = 4
 CLOSE_WAIT_SECONDS = 5.0
-
-
-class ReadCursor:
-    """What `execute` gives back: its rows already fetched (on the pool's thread)."""
-
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
-        self._rows = rows
-        self._next = 0
-        self.rowcount = rowcount
-
-    async def fetchone(self) -> Any:
-        if self._next >= len(self._rows):
-            return None
-        self._next += 1
-        return self._rows[self._next - 1]
-
-    async def fetchall(self) -> list[Any]:
-        rows, self._next = self._rows[self._next :], len(self._rows)
-        return rows
-
-    def __aiter__(self) -> ReadCursor:
-        return self
-
-    async def __anext__(self) -> Any:
-        row = await self.fetchone()
-        if row is None:
-            raise StopAsyncIteration
-        return row
-
-
-class _Pending:
-    def __init__(self, pool: ReaderPool, sql: str, parameters: Any) -> None:
-        self._run = pool._execute(sql, parameters)
-
-    def __await__(self) -> Generator[Any, None, ReadCursor]:
-        return self._run.__await__()
-
-    async def __aenter__(self) -> ReadCursor:
-        return await self._run
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def _statement(raw: sqlite3.Connection, sql: str, parameters: Any) -> tuple[list[Any], int]:
@@ -136,7 +96,7 @@ class ReaderPool:
 
         return await self._use(lambda raw: drive(op(SyncConnection(raw))))
 
-    async def _execute(self, sql: str, parameters: Any) -> ReadCursor:
+    async def _execute(self, sql: str, parameters: Any) -> FetchedCursor:
         word = sql.strip().upper()
         task = asyncio.current_task()
         if task is not None and word in {"BEGIN", "BEGIN DEFERRED"} and task not in self._pinned:
@@ -146,7 +106,7 @@ class ReaderPool:
             # snapshot open: it would pin every WAL page written after it.
             task.add_done_callback(self._unpin)
             await self._use(_execute_only, "BEGIN", conn=conn)
-            return ReadCursor([], -1)
+            return FetchedCursor([], -1)
         if task is not None and word in {"COMMIT", "ROLLBACK"} and task in self._pinned:
             conn = self._pinned.pop(task)
             task.remove_done_callback(self._unpin)
@@ -154,9 +114,9 @@ class ReaderPool:
                 await self._use(_execute_only, word, conn=conn)
             finally:
                 self._free.put_nowait(conn)
-            return ReadCursor([], -1)
+            return FetchedCursor([], -1)
         rows, count = await self._use(_statement, sql, parameters)
-        return ReadCursor(rows, count)
+        return FetchedCursor(rows, count)
 
     def _unpin(self, task: asyncio.Task[Any]) -> None:
         conn = self._pinned.pop(task, None)
@@ -172,16 +132,16 @@ class ReaderPool:
             lambda _: conn_back(self._free, conn, loop)
         )
 
-    def execute(self, sql: str, parameters: Any = ()) -> _Pending:
-        return _Pending(self, sql, parameters)
+    def execute(self, sql: str, parameters: Any = ()) -> PendingCursor:
+        return PendingCursor(self._execute(sql, parameters))
 
     async def execute_fetchall(self, sql: str, parameters: Any = ()) -> list[Any]:
         rows, _ = await self._use(_statement, sql, parameters)
         return rows
 
-    async def executemany(self, sql: str, parameters: Any) -> ReadCursor:
+    async def executemany(self, sql: str, parameters: Any) -> FetchedCursor:
         count = await self._use(_many, sql, parameters)
-        return ReadCursor([], count)
+        return FetchedCursor([], count)
 
     async def close(self) -> None:
         """Once every connection is back (reads in flight finish first)."""
