@@ -14,8 +14,9 @@ from bot.core.ai import AIGateway
 from bot.front.app import AgentBot
 from bot.front.standin import CommandRunner
 from bot.services import Services
-from ledger.storage import Store
+from ledger.storage import Store, is_postgres
 from tests.bot.helpers import on_virtual_time
+from tests.stores import copy_migrated_sqlite
 
 GUILD = 1000
 OWNER = 1
@@ -33,7 +34,13 @@ def app_config(tmp_path: Path, fake_openai: Any) -> Config:
 
 
 @pytest.fixture
-async def services(app_config: Config) -> AsyncIterator[Services]:
+async def services(
+    app_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Services]:
+    database = app_config.storage.database
+    if not is_postgres(database) and not Path(database).exists():
+        # A new file, as the bot would make it, copied rather than migrated each test.
+        await copy_migrated_sqlite(Path(database), tmp_path_factory.getbasetemp())
     ai = AIGateway(app_config.openai, "test-key", strict=True)
     opened = await Services.open(app_config, ai=ai)
     try:

@@ -345,6 +345,9 @@ async def test_concurrent_uploads_never_pass_the_chunk_cap(
     services.config.limits.max_chunks_per_account = 2 * per_document
     before = fake_openai.count("embeddings")
     gate = fake_openai.gate("embeddings")
+    # The gate holds the first request while the other three are read, one worker per
+    # account at a time: on a loaded machine that outlasts the suite's 2 s request timeout.
+    services.ai.client.timeout = 60.0
     uploads = [asyncio.ensure_future(_upload(owner, f"copy{n}.txt", document)) for n in range(4)]
     await fake_openai.received("embeddings", before + 4)  # all four past the early check
     gate.set()

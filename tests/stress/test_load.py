@@ -364,11 +364,11 @@ async def _check(
     assert left == []
 
 
-async def test_300_chats_and_100_avatars_at_once(
+async def test_200_chats_and_50_avatars_at_once(
     tmp_path: Path, fake_openai: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # All of it would cost about 734,000 against a budget of 600,000: some is refused.
-    case = LoadCase(chats=300, avatars=100, bonus=30_000)
+    # All of it would cost about 406,000 against a budget of 350,000: some is refused.
+    case = LoadCase(chats=200, avatars=50, bonus=20_000)
     await _run_load(tmp_path, fake_openai, monkeypatch, case)
 
 
