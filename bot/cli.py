@@ -524,8 +524,8 @@ def _storage(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("--to must be a postgresql:// address")
     if is_postgres(config.storage.database):
         raise UsageError("storage.database is already PostgreSQL: copy from a SQLite file")
-    if not Path(config.storage.database).exists():
-        raise UsageError(f"no database at {shown(config.storage.database)}")
+    if _database_is_absent(config):
+        raise UsageError(f"no database at {config.storage.database}")
     return asyncio.run(_copy(config, args.to))
 
 

@@ -496,10 +496,11 @@ class Ledger:
         used = row["tokens_used"] + actual - from_bonus
         held = row["tokens_held"] - freed
         bonus = row["bonus_tokens"] - from_bonus
+        stamp = to_text(now)
         await conn.execute(
             "UPDATE usage_limits SET tokens_used = ?, tokens_held = ?, bonus_tokens = ?,"
             " updated_at = ? WHERE account_id = ?",
-            (used, held, bonus, to_text(now), account_id),
+            (used, held, bonus, stamp, account_id),
         )
         await conn.execute(
             "INSERT INTO token_usage (account_id, user_id, guild_id, operation_type,"
@@ -518,7 +519,7 @@ class Ledger:
                 None if late else hold_id,
                 row["period_seq"],
                 details,
-                to_text(now),
+                stamp,
                 hold["agent"],
                 None if late else freed,
                 hold_id if late else None,
@@ -532,7 +533,7 @@ class Ledger:
                 user_id=hold["user_id"],
                 agent=hold["agent"],
                 operation=hold["operation_type"],
-                created_at=to_text(now),
+                created_at=stamp,
                 tokens=actual,
             )
         if hold["user_id"] is not None:

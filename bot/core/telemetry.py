@@ -11,7 +11,7 @@ latency by operation, the sizes of the ledger's write batches, and the retrieval
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,30 +22,14 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class CacheFigures(Protocol):
-    @property
-    def hits(self) -> int: ...
-
-    @property
-    def misses(self) -> int: ...
-
-    @property
-    def agents(self) -> int: ...
-
-    @property
-    def bytes(self) -> int: ...
-
-    @property
-    def load_seconds(self) -> float: ...
-
-    @property
-    def hit_rate(self) -> float: ...
+if TYPE_CHECKING:  # the retriever imports nothing of this module; only its figures
+    from bot.core.documents.retrieval import CacheStats
 
 
 class _Retrieval(Collector):
     """The retrieval cache's figures, read from it at each scrape."""
 
-    def __init__(self, stats: Callable[[], CacheFigures], reader: Any) -> None:
+    def __init__(self, stats: Callable[[], CacheStats], reader: Any) -> None:
         self.stats, self.reader = stats, reader
 
     def collect(self) -> Iterator[Any]:
@@ -108,6 +92,6 @@ class Telemetry:
     def write_batch(self, size: int) -> None:
         self.write_batches.observe(size)
 
-    def watch_retrieval(self, stats: Callable[[], CacheFigures], reader: Any = None) -> None:
+    def watch_retrieval(self, stats: Callable[[], CacheStats], reader: Any = None) -> None:
         """Report the retrieval cache (`Retriever.stats`) and the readers' waits."""
         self.registry.register(_Retrieval(stats, reader))

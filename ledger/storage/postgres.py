@@ -33,7 +33,13 @@ from ledger.errors import StoreBusy
 from ledger.schema import MIGRATIONS
 from ledger.storage.fetched import FetchedCursor, PendingCursor
 from ledger.storage.migrate import LEDGER, postgres_migrate
-from ledger.storage.protocol import Checkpointed, Committed, Compacted, Operation
+from ledger.storage.protocol import (
+    NEWEST_IDS_SQL,
+    Checkpointed,
+    Committed,
+    Compacted,
+    Operation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +343,7 @@ class PostgresStore:
                 await raw.execute(f"SET LOCAL lock_timeout = {FENCE_TIMEOUT_MS}")
                 await raw.execute(fence)
                 # READ COMMITTED: this statement's snapshot is taken under the fence.
-                row = await raw.fetchrow(
-                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM token_usage),"
-                    " (SELECT COALESCE(MAX(rowid), 0) FROM holds)"
-                )
+                row = await raw.fetchrow(NEWEST_IDS_SQL)
         except _BUSY as error:
             raise StoreBusy(str(error)) from error
         return Committed(int(row[0]), int(row[1]))

@@ -77,6 +77,13 @@ class Committed:
     hold_rowid: int
 
 
+# The newest ids, read by each store's `committed()` when no write can be in flight.
+NEWEST_IDS_SQL = (
+    "SELECT (SELECT COALESCE(MAX(id), 0) FROM token_usage),"
+    " (SELECT COALESCE(MAX(rowid), 0) FROM holds)"
+)
+
+
 class Store(Protocol):
     dialect: str  # "sqlite" | "postgresql"
     reader: Any  # a Connection for reads outside any write transaction

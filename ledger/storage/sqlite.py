@@ -46,7 +46,7 @@ from ledger.errors import LedgerError, StoreBusy
 from ledger.schema import MIGRATIONS
 from ledger.storage import archive
 from ledger.storage.migrate import LEDGER, sqlite_migrate
-from ledger.storage.protocol import Checkpointed, Committed, Compacted
+from ledger.storage.protocol import NEWEST_IDS_SQL, Checkpointed, Committed, Compacted
 from ledger.storage.readers import POOL_SIZE, ReaderPool
 
 log = logging.getLogger(__name__)
@@ -389,10 +389,7 @@ class SqliteStore:
 
     async def committed(self) -> Committed:
         # One writer: ids are handed out in commit order, so what a reader sees is final.
-        rows = await self.reader.execute_fetchall(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM token_usage),"
-            " (SELECT COALESCE(MAX(rowid), 0) FROM holds)"
-        )
+        rows = await self.reader.execute_fetchall(NEWEST_IDS_SQL)
         ((usage_id, hold_rowid),) = rows
         return Committed(int(usage_id), int(hold_rowid))
 

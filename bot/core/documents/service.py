@@ -111,10 +111,12 @@ class DocumentService:
 
     def estimate(self, chunks: list[Chunk]) -> int:
         """The hold: the chunks' real tokens plus the margin, weighted like the charge."""
+        return self._hold(sum(c.tokens for c in chunks))
+
+    def _hold(self, tokens: int) -> int:
+        """`tokens` of the embedding model plus the margin, weighted like the charge."""
         model = self.config.openai.embedding_model
-        return self.meter.weighted(
-            model, math.ceil(sum(c.tokens for c in chunks) * ESTIMATE_MARGIN)
-        )
+        return self.meter.weighted(model, math.ceil(tokens * ESTIMATE_MARGIN))
 
     async def upload(
         self,
@@ -152,7 +154,7 @@ class DocumentService:
                 page_done,
             )
         except BeyondBudget as beyond:
-            needed = self.meter.weighted(model, math.ceil(beyond.estimate * ESTIMATE_MARGIN))
+            needed = self._hold(beyond.estimate)
             log.info(
                 "document refused early on %s: about %d tokens, %d available",
                 actor.account_id,
