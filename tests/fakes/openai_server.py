@@ -312,9 +312,13 @@ class FakeOpenAI:
         head = {k: payload[k] for k in ("id", "created", "model")}
         head["object"] = "chat.completion.chunk"
 
+        # Asked for, the API puts "usage": null on every chunk but the last one.
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        with_usage = with_usage and not self.omit_stream_usage
+
         async def event(choices: list[dict[str, Any]], usage: Any = None) -> None:
             chunk = {**head, "choices": choices}
-            if usage is not None:
+            if usage is not None or with_usage:
                 chunk["usage"] = usage
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
@@ -331,11 +335,12 @@ class FakeOpenAI:
                 # answer in one step would stall the loop this fake shares with the bot.
                 await asyncio.sleep(self.chunk_delay)
                 if self.odd_chunk is not None and record.chunks_sent == 0:
+                    # Sent in the piece's place: what was streamed holds only real pieces.
                     await response.write(f"data: {json.dumps(self.odd_chunk)}\n\n".encode())
                 else:
                     await event(delta({"content": piece}))
+                    record.streamed += piece
                 record.chunks_sent += 1
-                record.streamed += piece
                 self.chunk_written.set()
         except ConnectionResetError:  # the client went away (a cancelled answer)
             record.failed = "client gone"
@@ -348,7 +353,7 @@ class FakeOpenAI:
                 request.transport.abort()  # no finish, no usage, no [DONE]: a broken stream
             return response
         await event(delta({}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage") and not self.omit_stream_usage:
+        if with_usage:
             await event([], payload["usage"])
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
