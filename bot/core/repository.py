@@ -491,6 +491,11 @@ class Repository:
             found.update((int(r[0]), int(r[1])) for r in rows)
         return found
 
+    @property
+    def has_one_read(self) -> bool:
+        """Whether `in_one_read` runs its op (SQLite's reader pool) or answers None."""
+        return hasattr(self.store.reader, "run_op")
+
     async def in_one_read(self, op: Callable[[Connection], Awaitable[T]]) -> T | None:
         """`op` run whole on a reader thread, its reads on one connection, on SQLite (it
         may await only that connection, and may compute between reads: a retrieval's

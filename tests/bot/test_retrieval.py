@@ -64,8 +64,10 @@ class StubRepo:
             frozenset(),
         )
 
+    has_one_read = False  # as on PostgreSQL: the reads one by one
+
     async def in_one_read(self, op: Any) -> None:
-        return None  # as on PostgreSQL: the reads one by one
+        return None
 
     async def chunk_texts(
         self, account_id: str, agent_id: int, ids: list[int]

@@ -299,19 +299,26 @@ class Retriever:
         dense = mode in {"hybrid", "dense"}
         self._expire(time.monotonic())
         early = self._cache.get(agent_id)
-        if dense and early is not None and _comparable(early, query) and _large(early):
+        # The cached matrix of a large agent, comparable with the query, or None.
+        large = (
+            early
+            if dense and early is not None and _comparable(early, query) and _large(early)
+            else None
+        )
+        if large is not None and self.repo.has_one_read:
             words_text = text if mode == "hybrid" else None
-            warm = await self._in_one_read(account_id, agent_id, early, query, k, words_text)
+            warm = await self._in_one_read(account_id, agent_id, large, query, k, words_text)
             if warm is not None:
                 return warm
-        # Otherwise (PostgreSQL, or a changed agent) a large cached agent's product starts
-        # on a thread before its version is read, and the version read and the BM25 query
-        # run beside it: the query waits for the product plus one read, not for each in
-        # turn. A stale guess is dropped.
+        # On PostgreSQL a large cached agent's product starts on a thread before its
+        # version is read, and the version read and the BM25 query run beside it: the
+        # query waits for the product plus one read, not for each in turn. A stale guess
+        # is dropped. (On SQLite the one read above has just found the agent changed: a
+        # guess from the old matrix would be thrown away.)
         guess: asyncio.Future[tuple[np.ndarray, np.ndarray]] | None = None
-        if dense and early is not None and _comparable(early, query) and _large(early):
+        if large is not None and not self.repo.has_one_read:
             guess = asyncio.ensure_future(
-                asyncio.to_thread(top_indices, early.vectors, query, wanted)
+                asyncio.to_thread(top_indices, large.vectors, query, wanted)
             )
         try:
             matrix = await self._matrix(account_id, agent_id)
