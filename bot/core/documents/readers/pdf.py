@@ -125,14 +125,16 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
             f"That PDF has {count:,} pages; documents can have at most {limits.max_pages:,} "
             "pages. Please split it into smaller files."
         )
+    # Pages read (and normalized) early, as (text, characters parsed): kept for the loop.
     read_early: dict[int, tuple[str, int]] = {}
     if limits.token_budget is not None and count > budget.SAMPLE_PAGES:
-        # Judged by pages spread over it before the rest is read; they are kept.
+        # Judged by pages spread over it before the rest is read.
         for index in budget.pages_to_sample(count):
             with contextlib.suppress(pdfium.PdfiumError):  # the main loop tells of it
-                read_early[index] = _page_text(document, index, limits.max_characters, limits)
+                raw, chars = _page_text(document, index, limits.max_characters, limits)
+                read_early[index] = normalize(raw), chars
         if read_early:
-            sample = "\n".join(normalize(raw) for raw, _ in read_early.values())
+            sample = "\n".join(text for text, _ in read_early.values())
             budget.check(sample, count / len(read_early), limits)
     pages: list[str] = []
     labels: list[str] = []
@@ -141,15 +143,19 @@ def _read(document: pdfium.PdfDocument, limits: Limits, progress: Progress | Non
         try:
             room = limits.max_characters - characters
             early = read_early.pop(index, None)
-            raw, chars = early if early is not None else _page_text(document, index, room, limits)
+            if early is not None:
+                text, chars = early
+            else:
+                raw, chars = _page_text(document, index, room, limits)
+                text = normalize(raw)
             characters += chars
             if characters > limits.max_characters:
                 raise InvalidInput(too_much(limits))
         except pdfium.PdfiumError as error:
             # One broken page should not lose the other 299: it counts as empty.
             log.info("PDF page %d unreadable: %s", index + 1, error)
-            raw, failed = "", failed + 1
-        pages.append(normalize(raw))
+            text, failed = "", failed + 1
+        pages.append(text)
         labels.append(_label(document, index))
         if progress is not None:
             progress(index, count)
